@@ -1,0 +1,277 @@
+"""Storage SCP: receive CT/MR instances by C-STORE into the durable spool.
+
+The handler only decodes enough to file the instance, writes it durably and hands a
+:class:`StoredInstance` to ``on_stored`` (which enqueues); it never runs inference, so the
+sender is never kept waiting (PS3.4 Annex B). Every failure, expected or not, goes through
+:func:`failure_for` and becomes a named status plus a logged reason; one bad instance never
+affects the others of the association, and never stops the node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import RLELossless
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    MRImageStorage,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_io.privacy import hash_identifier
+from dicom_io.spool import (
+    InstanceIdentity,
+    InvalidInstanceError,
+    Spool,
+    StoredInstance,
+    identify,
+)
+from dicom_io.status import Status
+
+__all__ = [
+    "ACCEPTED_TRANSFER_SYNTAXES",
+    "STORAGE_SOP_CLASSES",
+    "ListenerSettings",
+    "StorageSCP",
+    "StoreRejected",
+    "failure_for",
+]
+
+log = logging.getLogger(__name__)
+
+STORAGE_SOP_CLASSES: tuple[str, ...] = (
+    str(CTImageStorage),
+    str(MRImageStorage),
+    str(EnhancedCTImageStorage),
+    str(EnhancedMRImageStorage),
+)
+# pynetdicom's defaults (implicit/explicit little endian, deflated, explicit big endian)
+# plus RLE Lossless, which pydicom decodes without extra plugins. JPEG family syntaxes
+# are left out on purpose: accepting pixels we cannot decode would fail the study later;
+# a PACS that prefers them still proposes an uncompressed fallback.
+ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (*DEFAULT_TRANSFER_SYNTAXES, str(RLELossless))
+
+ACSE_TIMEOUT_S = 30.0
+DIMSE_TIMEOUT_S = 60.0
+NETWORK_TIMEOUT_S = 120.0
+_ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """Where and as whom the SCP listens; ``allowed_callers`` empty means anyone."""
+
+    ae_title: str
+    host: str
+    port: int
+    allowed_callers: tuple[str, ...] = ()
+    max_pdu: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.ae_title.strip()) <= 16:
+            raise ValueError(f"AE title must be 1-16 characters, got {self.ae_title!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0-65535 (0 = any free port), got {self.port}")
+        if self.max_pdu < 0:
+            raise ValueError("max_pdu must be >= 0 (0 = unlimited)")
+
+
+class StoreRejected(Exception):
+    """An instance refused for a known reason, with the status to answer."""
+
+    def __init__(self, status: Status, reason: str, *, quarantine: bool = True) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.quarantine = quarantine
+
+
+def failure_for(exc: BaseException) -> StoreRejected:
+    """The single place that turns any exception into a status and a reason.
+
+    Unexpected errors keep the bytes in quarantine so nothing a sender was told failed
+    is lost without a trace; disk errors map to Out of Resources so the sender retries.
+    """
+    if isinstance(exc, StoreRejected):
+        return exc
+    if isinstance(exc, InvalidInstanceError):
+        return StoreRejected(Status.CANNOT_UNDERSTAND, str(exc))
+    if isinstance(exc, OSError):
+        detail = exc.strerror or type(exc).__name__
+        return StoreRejected(Status.OUT_OF_RESOURCES, f"storage error: {detail}", quarantine=False)
+    return StoreRejected(Status.HANDLER_EXCEPTION, f"internal error: {type(exc).__name__}")
+
+
+def _status(status: Status, comment: str = "") -> Dataset:
+    """A C-STORE response status dataset; the comment is what the sender's log shows."""
+    ds = Dataset()
+    ds.Status = int(status)
+    if comment:
+        ds.ErrorComment = comment[:_ERROR_COMMENT_MAX]
+    return ds
+
+
+def _decode(event: Event) -> Dataset:
+    """Decode the received data set; pydicom raises many types, all mean 'undecodable'."""
+    try:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        _ = ds.get("StudyInstanceUID"), ds.get("SOPClassUID")  # force lazy parsing
+    except Exception as exc:  # any decoder failure is the sender's data, not our bug
+        raise StoreRejected(
+            Status.CANNOT_DECODE_DATA_SET, f"cannot decode data set ({type(exc).__name__})"
+        ) from exc
+    return ds
+
+
+def _check_identity(
+    ds: Dataset, context_sop_class: str, requested_sop_uid: str
+) -> InstanceIdentity:
+    """Validate the UIDs against each other and against the negotiated SOP class."""
+    identity = identify(ds)
+    declared = str(ds.get("SOPClassUID", "")).strip("\0 ")
+    if declared != context_sop_class:
+        raise StoreRejected(
+            Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOPClassUID in the data set does not match the presentation context",
+        )
+    if requested_sop_uid and identity.sop_uid != requested_sop_uid:
+        raise StoreRejected(
+            Status.CANNOT_UNDERSTAND, "SOPInstanceUID differs from the request's"
+        )
+    return identity
+
+
+class StorageSCP:
+    """A pynetdicom storage SCP writing into a :class:`Spool`.
+
+    ``on_stored`` runs in the association's thread, after the durable write and before the
+    response is sent; it may be called concurrently from several associations and again
+    for a resent instance (``new`` is then False).
+    """
+
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        spool: Spool,
+        on_stored: Callable[[StoredInstance], None],
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.on_stored = on_stored
+        self._server: ThreadedAssociationServer | None = None
+
+    def __enter__(self) -> StorageSCP:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when the settings asked for port 0)."""
+        if self._server is None:
+            raise RuntimeError("the SCP is not running")
+        return int(self._server.server_address[1])
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        """Start listening in background threads; returns at once."""
+        if self._server is not None:
+            raise RuntimeError("the SCP is already running")
+        handlers: list[Any] = [
+            (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_C_STORE, self._handle_store),
+        ]
+        address = (self.settings.host, self.settings.port)
+        self._server = self._build_ae().start_server(address, block=False, evt_handlers=handlers)
+        log.info("storage SCP %s listening on %s:%d", self.settings.ae_title,
+                 self.settings.host, self.port)
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening socket (idempotent)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _build_ae(self) -> AE:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.acse_timeout = ACSE_TIMEOUT_S
+        ae.dimse_timeout = DIMSE_TIMEOUT_S
+        ae.network_timeout = NETWORK_TIMEOUT_S
+        ae.maximum_pdu_size = self.settings.max_pdu
+        ae.require_calling_aet = list(self.settings.allowed_callers)
+        ae.add_supported_context(Verification)
+        for sop_class in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
+        return ae
+
+    def _handle_echo(self, event: Event) -> int:
+        return int(Status.SUCCESS)
+
+    def _handle_store(self, event: Event) -> Dataset:
+        """C-STORE entry point: every exception ends here as a failure status."""
+        try:
+            stored = self._receive(event)
+            self.on_stored(stored)
+        except Exception as exc:  # the node must answer, whatever happened
+            return self._refuse(event, failure_for(exc), exc)
+        return _status(Status.SUCCESS)
+
+    def _receive(self, event: Event) -> StoredInstance:
+        ds = _decode(event)
+        identity = _check_identity(
+            ds,
+            context_sop_class=str(event.context.abstract_syntax),
+            requested_sop_uid=str(event.request.AffectedSOPInstanceUID or ""),
+        )
+        stored = self.spool.store_encoded(event.encoded_dataset(include_meta=True), identity)
+        log.info(
+            "stored sop=%s series=%s study=%s patient=%s new=%s from=%s",
+            stored.sop_uid, stored.series_uid, stored.study_uid,
+            hash_identifier(ds.get("PatientID")), stored.new, _caller(event),
+        )
+        return stored
+
+    def _refuse(self, event: Event, rejection: StoreRejected, exc: BaseException) -> Dataset:
+        """Log, quarantine if useful, and build the failure response."""
+        sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "?")
+        log.warning(
+            "refused C-STORE sop=%s from=%s: 0x%04X %s",
+            sop, _caller(event), int(rejection.status), rejection.reason,
+            exc_info=rejection.status == Status.HANDLER_EXCEPTION and exc is not rejection,
+        )
+        if rejection.quarantine:
+            self._quarantine(event, f"sop={sop} status=0x{int(rejection.status):04X} "
+                                    f"{rejection.reason}")
+        return _status(rejection.status, rejection.reason)
+
+    def _quarantine(self, event: Event, reason: str) -> None:
+        try:
+            path = self.spool.quarantine(event.encoded_dataset(include_meta=True), reason)
+        except Exception:  # quarantine is best effort; the failure status still goes out
+            log.exception("could not quarantine refused instance")
+            return
+        log.info("quarantined as %s", path.name)
+
+
+def _caller(event: Event) -> str:
+    """Calling AE title for logs."""
+    try:
+        return str(event.assoc.requestor.ae_title)
+    except AttributeError:
+        return "?"

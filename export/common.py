@@ -1,0 +1,164 @@
+"""Values shared by every Hepatica result object (SEG, SR, SC).
+
+Why one module: the disclaimer, the manufacturer and the way result UIDs are
+derived must be identical across the three object families, otherwise a viewer
+or an archive would see three different "devices" and re-processing would
+duplicate rather than replace results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+__all__ = [
+    "MANUFACTURER",
+    "RESEARCH_USE_TEXT",
+    "UID_PREFIX",
+    "AlgorithmInfo",
+    "LesionLike",
+    "ResultIdentity",
+    "algorithm_family_code",
+    "contributing_equipment",
+    "derive_uid",
+    "require_same_study",
+]
+
+RESEARCH_USE_TEXT = "RESEARCH USE ONLY — not for diagnostic use"
+MANUFACTURER = "Hepatica"
+# pydicom's documented prefix for UIDs generated from hashed entropy sources
+# (PS3.5 §9 only requires a registered root; a site can pass its own).
+UID_PREFIX = "1.2.826.0.1.3680043.8.498."
+# All result objects are written as UTF-8: the disclaimer contains an em dash,
+# which is outside the default repertoire (PS3.5 §6.1.2.5.3).
+CHARACTER_SET = "ISO_IR 192"
+_UID_NAMESPACE = "hepatica-result-uid"
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """Identity of the model that produced a result (IHE AIR: name, version, family).
+
+    ``family`` is Hepatica's own family name of the bundle ("segmentation",
+    "response", ...); the DICOM Algorithm Family code is derived from it.
+    """
+
+    name: str
+    version: str
+    family: str
+
+
+class LesionLike(Protocol):
+    """What the exporters read from one measured lesion.
+
+    A Protocol (read-only properties) so that ``inference``'s frozen
+    ``LesionMeasurement`` satisfies it without ``export`` importing ``inference``.
+    """
+
+    @property
+    def label(self) -> int:
+        """1-based lesion number; lesion k is SEG segment k + 1."""
+
+    @property
+    def volume_ml(self) -> float:
+        """Lesion volume in millilitres."""
+
+    @property
+    def longest_diameter_mm(self) -> float:
+        """Longest diameter of the whole lesion in millimetres."""
+
+    @property
+    def viable_diameter_mm(self) -> float:
+        """Longest diameter of the enhancing (viable) part, as mRECIST measures it."""
+
+    @property
+    def centroid_zyx(self) -> tuple[float, float, float]:
+        """Centroid as a voxel index on the source grid."""
+
+
+def derive_uid(*parts: str, prefix: str = UID_PREFIX) -> str:
+    """Return a UID that depends only on ``parts``.
+
+    Deterministic so that processing the same study again with the same
+    pipeline version replaces the earlier result objects instead of adding
+    copies next to them.
+    """
+    if not parts:
+        raise ValueError("derive_uid needs at least one part to hash")
+    return str(generate_uid(prefix=prefix, entropy_srcs=[_UID_NAMESPACE, *parts]))
+
+
+@dataclass(frozen=True)
+class ResultIdentity:
+    """Study, series and instance identity of one result object."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    series_number: int
+    instance_number: int = 1
+
+    @classmethod
+    def derive(
+        cls,
+        study_instance_uid: str,
+        pipeline_version: str,
+        kind: str,
+        series_number: int,
+        instance_number: int = 1,
+    ) -> ResultIdentity:
+        """Derive the identity of result ``kind`` (e.g. "seg") for one study.
+
+        The series UID hashes study, pipeline version and kind; the instance UID
+        adds the instance number, so a series of heatmaps keeps one series UID.
+        """
+        series_uid = derive_uid(study_instance_uid, pipeline_version, kind)
+        sop_uid = derive_uid(study_instance_uid, pipeline_version, kind, str(instance_number))
+        return cls(study_instance_uid, series_uid, sop_uid, series_number, instance_number)
+
+
+def algorithm_family_code(algorithm: AlgorithmInfo) -> hd.sr.CodedConcept:
+    """DICOM Algorithm Family (CID 7162) for a Hepatica bundle.
+
+    Every Hepatica bundle is a trained model, hence "Artificial Intelligence";
+    the finer Hepatica family travels in the algorithm parameters.
+    """
+    del algorithm  # one family for all bundles today; kept for future bundles
+    return hd.sr.CodedConcept.from_code(codes.cid7162.ArtificialIntelligence)
+
+
+def contributing_equipment(
+    algorithm: AlgorithmInfo, software_versions: str
+) -> hd.ContributingEquipment:
+    """Processing-equipment entry naming Hepatica and the model (IHE AIR).
+
+    The Contribution Description carries the research-use disclaimer so that it
+    travels in every object, whatever the object's own text attributes allow.
+    """
+    return hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=algorithm.name,
+        software_versions=software_versions,
+        contribution_description=f"{algorithm.name} {algorithm.version}. {RESEARCH_USE_TEXT}",
+    )
+
+
+def require_same_study(source_images: Sequence[Dataset]) -> str:
+    """Return the one Study Instance UID of ``source_images`` or raise.
+
+    Results go back into the study they were computed from; mixing studies
+    would silently attach a result to the wrong examination.
+    """
+    if not source_images:
+        raise ValueError("at least one source image is required")
+    studies = {str(ds.StudyInstanceUID) for ds in source_images}
+    if len(studies) != 1:
+        raise ValueError(f"source images belong to {len(studies)} studies: {sorted(studies)}")
+    return studies.pop()

@@ -1,0 +1,75 @@
+"""Intensity and grid preparation shared by training and serving.
+
+Training (``inference.training``) and serving (``inference.segmentation``) call the very same
+functions, so that a model never sees inputs prepared differently from what it learned on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def robust_scale(array: npt.NDArray[np.floating], low_pct: float = 1.0,
+                 high_pct: float = 99.5) -> FloatArray:
+    """Map the [low, high] percentiles to [0, 1] and clip to [-0.5, 1.5].
+
+    Percentiles make MR (arbitrary units, vendor scaling) and CT (HU) comparable without
+    per-site calibration.
+    """
+    values = np.asarray(array, dtype=np.float32)
+    lo, hi = np.percentile(values, [low_pct, high_pct])
+    span = float(hi - lo) if hi > lo else 1.0
+    scaled = (values - np.float32(lo)) / np.float32(span)
+    return np.clip(scaled, -0.5, 1.5).astype(np.float32)
+
+
+def zoom_factors(spacing_xyz: Sequence[float], target_xyz: Sequence[float]) -> tuple[float, ...]:
+    """Per-axis zoom (z, y, x order) that brings ``spacing`` to ``target``."""
+    return tuple(float(s) / float(t) for s, t in zip(spacing_xyz[::-1], target_xyz[::-1],
+                                                       strict=True))
+
+
+def resample(array: npt.NDArray[np.floating], spacing_xyz: Sequence[float],
+             target_xyz: Sequence[float], order: int = 1) -> FloatArray:
+    """Resample a ``[z, y, x]`` array from ``spacing`` to ``target`` spacing (mm)."""
+    factors = zoom_factors(spacing_xyz, target_xyz)
+    if all(abs(f - 1.0) < 1e-6 for f in factors):
+        return np.asarray(array, dtype=np.float32)
+    out = ndimage.zoom(np.asarray(array, dtype=np.float32), factors, order=order,
+                       mode="nearest", grid_mode=True)
+    return np.asarray(out, dtype=np.float32)
+
+
+def resample_to_shape(array: npt.NDArray[np.floating], shape: Sequence[int],
+                      order: int = 1) -> FloatArray:
+    """Resample a ``[c?, z, y, x]`` array back onto an exact grid shape (the source grid)."""
+    src = np.asarray(array, dtype=np.float32)
+    spatial = src.shape[-3:]
+    factors = [t / s for t, s in zip(shape, spatial, strict=True)]
+    if src.ndim == 4:
+        factors = [1.0, *factors]
+    out = ndimage.zoom(src, factors, order=order, mode="nearest", grid_mode=True)
+    # zoom may be off by one voxel from rounding: crop or pad to the exact shape
+    return _fit_shape(np.asarray(out, dtype=np.float32), tuple(shape))
+
+
+def _fit_shape(array: FloatArray, shape: tuple[int, ...]) -> FloatArray:
+    spatial = array.shape[-3:]
+    pads = [(0, max(0, t - s)) for t, s in zip(shape, spatial, strict=True)]
+    lead = [(0, 0)] * (array.ndim - 3)
+    padded = np.pad(array, [*lead, *pads], mode="edge")
+    slices = tuple(slice(0, t) for t in shape)
+    return padded[(..., *slices)]
+
+
+def prepare_channels(channels: Sequence[npt.NDArray[np.floating]], spacing_xyz: Sequence[float],
+                     target_xyz: Sequence[float]) -> FloatArray:
+    """Stack co-registered phase volumes into a ``[C, z, y, x]`` model input."""
+    prepared = [robust_scale(resample(ch, spacing_xyz, target_xyz)) for ch in channels]
+    return np.stack(prepared, axis=0)
