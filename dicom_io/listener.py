@@ -16,9 +16,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
-from pynetdicom import AE, evt
+from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -237,7 +237,7 @@ class StorageSCP:
         identity = _check_identity(
             ds,
             context_sop_class=str(event.context.abstract_syntax),
-            requested_sop_uid=str(event.request.AffectedSOPInstanceUID or ""),
+            requested_sop_uid=_requested_sop_uid(event),
         )
         stored = self.spool.store_encoded(event.encoded_dataset(include_meta=True), identity)
         log.info(
@@ -249,7 +249,7 @@ class StorageSCP:
 
     def _refuse(self, event: Event, rejection: StoreRejected, exc: BaseException) -> Dataset:
         """Log, quarantine if useful, and build the failure response."""
-        sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "?")
+        sop = _requested_sop_uid(event) or "?"
         log.warning(
             "refused C-STORE sop=%s from=%s: 0x%04X %s",
             sop, _caller(event), int(rejection.status), rejection.reason,
@@ -267,6 +267,14 @@ class StorageSCP:
             log.exception("could not quarantine refused instance")
             return
         log.info("quarantined as %s", path.name)
+
+
+def _requested_sop_uid(event: Event) -> str:
+    """Affected SOP Instance UID of the C-STORE request ('' when absent)."""
+    request = event.request
+    if not isinstance(request, C_STORE):
+        return ""
+    return str(request.AffectedSOPInstanceUID or "")
 
 
 def _caller(event: Event) -> str:

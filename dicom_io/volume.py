@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 
 @dataclass(frozen=True)
@@ -37,3 +41,34 @@ class Volume:
         scaled = idx * np.asarray(self.spacing)
         out: npt.NDArray[np.float64] = np.asarray(self.origin) + scaled @ d.T
         return out
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    """The volume as a SimpleITK image with its geometry."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=np.float32))
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    return image
+
+
+def resample_like(volume: Volume, reference: Volume, default: float | None = None) -> Volume:
+    """``volume`` resampled (linear) onto ``reference``'s grid in patient space.
+
+    Phases of one examination share a frame of reference but not always a grid (other FOV,
+    matrix or slice positions); models need them voxel-aligned.
+    """
+    import SimpleITK as sitk
+
+    if (volume.shape == reference.shape and np.allclose(volume.spacing, reference.spacing)
+            and np.allclose(volume.origin, reference.origin, atol=1e-3)
+            and np.allclose(volume.direction, reference.direction, atol=1e-6)):
+        return Volume(volume.array, reference.spacing, reference.origin, reference.direction,
+                      reference.sop_instance_uids)
+    fill = float(volume.array.min()) if default is None else default
+    out = sitk.Resample(to_sitk(volume), to_sitk(reference), sitk.Transform(), sitk.sitkLinear,
+                        fill, sitk.sitkFloat32)
+    return Volume(sitk.GetArrayFromImage(out), reference.spacing, reference.origin,
+                  reference.direction, reference.sop_instance_uids)

@@ -228,7 +228,7 @@ def discover_bundles(*directories: str | Path, strict: bool = False) -> list[Bun
     """Load every bundle found in ``directories`` (each a bundle, or a folder of bundles).
 
     A broken bundle is logged and skipped unless ``strict``: one bad folder dropped by a site
-    must not take the other models out of service. Sorted by (family, name, version).
+    must not take the other models out of service. Sorted by (family, name, version, path).
     """
     found: list[Bundle] = []
     for folder in _bundle_folders(directories):
@@ -238,7 +238,7 @@ def discover_bundles(*directories: str | Path, strict: bool = False) -> list[Bun
             if strict:
                 raise
             log.warning("skipping bundle: %s", exc)
-    return sorted(found, key=lambda b: (b.family, b.name, b.version))
+    return sorted(found, key=lambda b: (b.family, b.name, b.version, str(b.path)))
 
 
 def _bundle_folders(directories: tuple[str | Path, ...]) -> list[Path]:

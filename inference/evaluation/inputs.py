@@ -161,7 +161,7 @@ def _binary_truth(values: pd.Series, label: str) -> IntArray:
     if (mapped < 0).any():
         bad = sorted({str(v) for v in values[mapped < 0]})[:5]
         raise EvaluationError(f"label {label!r} must be 0/1 for a binary score; found {bad}")
-    truth = mapped.to_numpy(dtype=np.int64)
+    truth: IntArray = mapped.to_numpy(dtype=np.int64)
     if truth.min() == truth.max():
         raise EvaluationError(
             f"label {label!r} has a single class ({truth[0]}) among the matched patients: "
@@ -179,7 +179,7 @@ def _class_truth(values: pd.Series, classes: tuple[str, ...], label: str) -> Int
             f"label {label!r} has values {unknown[:5]} with no p_<class> column "
             f"(classes: {list(classes)})"
         )
-    truth = text.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+    truth: IntArray = text.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
     if np.unique(truth).size < 2:
         raise EvaluationError(f"label {label!r} has a single class among the matched patients")
     return truth

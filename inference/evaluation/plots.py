@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from inference.evaluation.calibration import CalibrationBin
 from inference.evaluation.decision_curve import DecisionCurve
@@ -20,7 +21,7 @@ from inference.evaluation.survival import CoxTerm, KaplanMeierCurve
 
 __all__ = ["calibration_png", "decision_curve_png", "forest_png", "km_png", "roc_png"]
 
-DPI = 110
+DPI = 100
 
 
 def _new(width: float = 5.2, height: float = 4.4) -> tuple[Figure, Axes]:
@@ -65,14 +66,13 @@ def calibration_png(bins: Sequence[CalibrationBin]) -> bytes:
 
 def decision_curve_png(curves: Sequence[tuple[str, DecisionCurve]]) -> bytes:
     """Net benefit of each model against treat-all and treat-none."""
-    fig, ax = _new(6.0, 4.4)
+    fig, ax = _new(5.8, 4.4)
     first = curves[0][1]
     for name, curve in curves:
         ax.plot(curve.thresholds, curve.model, label=name)
     ax.plot(first.thresholds, first.treat_all, color="grey", label="treat all")
     ax.plot(first.thresholds, first.treat_none, color="black", linestyle="--", label="treat none")
-    prevalence = first.treat_all[0] + (1 - first.treat_all[0]) * 0  # NB(0.01) ≈ prevalence
-    top = max(max(max(c.model) for _, c in curves), prevalence, 0.05)
+    top = max(max(max(c.model) for _, c in curves), max(first.treat_all), 0.05)
     ax.set(xlabel="Threshold probability", ylabel="Net benefit", xlim=(0, 1),
            ylim=(-0.05, top * 1.1), title="Decision curve")
     ax.legend(loc="upper right", fontsize=8)
@@ -103,6 +103,9 @@ def forest_png(terms: Sequence[CoxTerm], title: str) -> bytes:
     ax.errorbar(hr, y, xerr=[low, high], fmt="s", capsize=3, color="black")
     ax.axvline(1.0, color="grey", linestyle=":")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, [t.name for t in terms])
     ax.set(xlabel="Hazard ratio (95 % CI, log scale)", title=title)
     return _png(fig)

@@ -1,0 +1,129 @@
+"""Render one heatmap slice to RGB pixels with burned-in text (matplotlib, Agg).
+
+Uses matplotlib's object API (``Figure``, rasterised by Agg), never
+``pyplot``: no global state, so worker threads can render in parallel. The
+slice keeps its on-screen orientation (row 0 at the top, column 0 at the left),
+so the Patient Orientation of the source still describes the picture.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib as mpl
+import numpy as np
+import numpy.typing as npt
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from export.common import RESEARCH_USE_TEXT
+
+__all__ = ["COLORMAP", "render_heatmap"]
+
+COLORMAP = "inferno"
+_FIGSIZE_IN = (6.4, 6.0)
+_DPI = 100
+# Overlay opacity ramps from 0 at p = 0.2 to its maximum at p = 0.5, so low
+# probabilities leave the anatomy readable and p > 0.5 is plainly visible.
+_ALPHA_START, _ALPHA_FULL, _ALPHA_MAX = 0.2, 0.5, 0.75
+_WINDOW_PERCENTILES = (0.5, 99.5)
+
+
+def render_heatmap(
+    background: npt.NDArray[np.floating],
+    probability: npt.NDArray[np.floating],
+    *,
+    title: str,
+    caption_lines: Sequence[str],
+    aspect: float = 1.0,
+) -> npt.NDArray[np.uint8]:
+    """Return ``[rows, cols, 3]`` uint8 RGB of the overlay, colour bar and text.
+
+    ``aspect`` is row spacing / column spacing, so anisotropic pixels are drawn
+    with their true proportions.
+    """
+    _check_shapes(background, probability)
+    fig = Figure(figsize=_FIGSIZE_IN, dpi=_DPI, facecolor="black")
+    ax = fig.add_axes((0.02, 0.17, 0.82, 0.74))
+    ax.set_axis_off()
+    ax.imshow(
+        _window(background), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect=aspect
+    )
+    ax.imshow(_overlay_rgba(probability), interpolation="nearest", aspect=aspect)
+    _add_colorbar(fig)
+    _add_text(fig, title, caption_lines)
+    return _rasterise(fig)
+
+
+def _rasterise(fig: Figure) -> npt.NDArray[np.uint8]:
+    """Draw with Agg into raw RGBA bytes and drop the alpha channel."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="rgba", dpi=_DPI)
+    width, height = (round(v * _DPI) for v in _FIGSIZE_IN)
+    rgba = np.frombuffer(buffer.getvalue(), dtype=np.uint8).reshape(height, width, 4)
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def _check_shapes(
+    background: npt.NDArray[np.floating], probability: npt.NDArray[np.floating]
+) -> None:
+    """Both inputs are one 2-D slice of the same size, or rendering is refused."""
+    if background.ndim != 2 or background.shape != probability.shape:
+        raise ValueError(
+            f"background {background.shape} and probability {probability.shape} "
+            "must be the same 2-D (y, x) shape"
+        )
+
+
+def _window(background: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Scale to 0..1 between robust percentiles.
+
+    Percentiles rather than a stored window because MR has no absolute scale
+    and the caller passes values after rescaling.
+    """
+    values = np.nan_to_num(background.astype(np.float64))
+    low, high = (float(v) for v in np.percentile(values, _WINDOW_PERCENTILES))
+    if high <= low:
+        return np.zeros_like(values)
+    scaled: npt.NDArray[np.float64] = np.clip((values - low) / (high - low), 0.0, 1.0)
+    return scaled
+
+
+def _overlay_rgba(probability: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Colour-mapped probability with an opacity that grows with probability."""
+    p = np.clip(np.nan_to_num(probability.astype(np.float64)), 0.0, 1.0)
+    rgba: npt.NDArray[np.float64] = np.asarray(mpl.colormaps[COLORMAP](p), dtype=np.float64)
+    ramp = (p - _ALPHA_START) / (_ALPHA_FULL - _ALPHA_START)
+    rgba[..., 3] = np.clip(ramp, 0.0, 1.0) * _ALPHA_MAX
+    return rgba
+
+
+def _add_colorbar(fig: Figure) -> None:
+    """Vertical colour bar for probability 0..1 with labelled ticks."""
+    cax = fig.add_axes((0.87, 0.22, 0.035, 0.64))
+    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=COLORMAP)
+    bar = fig.colorbar(mappable, cax=cax, ticks=[0.0, 0.25, 0.5, 0.75, 1.0])
+    bar.ax.tick_params(colors="white", labelsize=9)
+    bar.set_label("tumour probability", color="white", fontsize=9)
+    bar.outline.set_edgecolor("white")
+
+
+def _add_text(fig: Figure, title: str, caption_lines: Sequence[str]) -> None:
+    """Burn in the phase title, the caption and, always, the disclaimer."""
+    fig.text(0.02, 0.965, title, color="white", fontsize=13, weight="bold", va="top")
+    y = 0.145
+    for line in caption_lines:
+        fig.text(0.02, y, line, color="white", fontsize=9, va="top")
+        y -= 0.035
+    fig.text(
+        0.5,
+        0.012,
+        RESEARCH_USE_TEXT,
+        color="#ffd400",
+        fontsize=11,
+        weight="bold",
+        ha="center",
+        va="bottom",
+    )

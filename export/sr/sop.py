@@ -1,0 +1,213 @@
+"""TID 1500 Measurement Report of the liver and its lesions (Comprehensive 3D SR).
+
+Shape (PS3.16 TID 1500): one TID 1411 volumetric group per lesion, each
+referencing its SEG segment; one TID 1411 group for the liver with its volume
+and the tumour burden; and the TID 1500 row 12 "Qualitative Evaluations"
+container holding TEXT items (row 14): the research-use disclaimer first, then
+the pipeline's ``extra_text`` notes as "name: value".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+
+from export.common import (
+    CHARACTER_SET,
+    MANUFACTURER,
+    RESEARCH_USE_TEXT,
+    AlgorithmInfo,
+    LesionLike,
+    algorithm_family_code,
+    contributing_equipment,
+    derive_uid,
+    require_same_study,
+)
+from export.seg.sop import LIVER_SEGMENT_NUMBER, lesion_segment_number
+from export.sr import codes
+
+__all__ = [
+    "SERIES_DESCRIPTION",
+    "build_measurement_report",
+    "lesion_tracking_uid",
+]
+
+SERIES_DESCRIPTION = "Hepatica liver and tumour measurements"
+
+
+def lesion_tracking_uid(segmentation_uid: str, segment_number: int) -> str:
+    """Tracking Unique Identifier of one segment, stable across re-processing."""
+    return derive_uid(segmentation_uid, "tracking", str(segment_number))
+
+
+def build_measurement_report(
+    source_images: Sequence[Dataset],
+    segmentation: Dataset,
+    lesions: Sequence[LesionLike],
+    *,
+    liver_volume_ml: float,
+    tumour_burden_pct: float,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    algorithm: AlgorithmInfo,
+    software_versions: str,
+    extra_text: Sequence[tuple[str, str]] = (),
+    instance_number: int = 1,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the TID 1500 report for ``lesions`` segmented in ``segmentation``.
+
+    Evidence (source images and the SEG) must belong to one study, the SR joins
+    it. Lesion k refers to SEG segment k + 1 (see ``export.seg``).
+    """
+    require_same_study([*source_images, segmentation])
+    _check_segments(segmentation, lesions)
+    algorithm_id = _algorithm_id(algorithm)
+    groups = [_liver_group(segmentation, liver_volume_ml, tumour_burden_pct, algorithm_id)]
+    groups += [_lesion_group(segmentation, lesion, algorithm_id) for lesion in lesions]
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(algorithm),
+        procedure_reported=codes.PROCEDURE_REPORTED,
+        imaging_measurements=groups,
+        referenced_images=list(source_images),
+    )
+    report[0].ContentSequence.append(_qualitative_evaluations(extra_text))
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*source_images, segmentation],
+        content=report[0],
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=SERIES_DESCRIPTION,
+        software_versions=software_versions,
+        manufacturer_model_name=algorithm.name,
+        contributing_equipment=[contributing_equipment(algorithm, software_versions)],
+        coding_schemes=[codes.CODING_SCHEME],
+        specific_character_set=CHARACTER_SET,
+    )
+
+
+def _check_segments(segmentation: Dataset, lesions: Sequence[LesionLike]) -> None:
+    """Raise unless every referenced segment exists in ``segmentation``.
+
+    A measurement group pointing at a missing segment would be unreadable, so
+    the mismatch is reported here with the numbers involved.
+    """
+    available = {int(item.SegmentNumber) for item in segmentation.get("SegmentSequence", [])}
+    wanted = [LIVER_SEGMENT_NUMBER, *(lesion_segment_number(x.label) for x in lesions)]
+    missing = sorted(set(wanted) - available)
+    if missing:
+        raise ValueError(f"segmentation lacks segments {missing}; it has {sorted(available)}")
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"lesion labels repeat: {[x.label for x in lesions]}")
+
+
+def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification, repeated in every group (IHE AIR)."""
+    return hd.sr.AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        parameters=[f"hepatica_family={algorithm.family}"],
+        family=algorithm_family_code(algorithm),
+        manufacturer=MANUFACTURER,
+    )
+
+
+def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
+    """Device observer: the algorithm, not a person, made these observations."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=derive_uid("device-observer", algorithm.name, algorithm.version),
+        name=algorithm.name,
+        manufacturer_name=MANUFACTURER,
+        model_name=f"{algorithm.name} {algorithm.version}",
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.OBSERVER_DEVICE,
+        observer_identifying_attributes=device,
+    )
+    return hd.sr.ObservationContext(observer_device_context=observer)
+
+
+def _tracking(segmentation: Dataset, segment_number: int, label: str) -> hd.sr.TrackingIdentifier:
+    """Tracking identifier (TEXT) and UID (UIDREF) of one measured segment."""
+    uid = lesion_tracking_uid(str(segmentation.SOPInstanceUID), segment_number)
+    return hd.sr.TrackingIdentifier(uid=uid, identifier=label)
+
+
+def _lesion_group(
+    segmentation: Dataset, lesion: LesionLike, algorithm_id: hd.sr.AlgorithmIdentification
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 group of one lesion: volume, longest and viable diameters."""
+    segment_number = lesion_segment_number(lesion.label)
+    measurements = [
+        _measurement(codes.VOLUME, lesion.volume_ml, codes.UNIT_MILLILITRE),
+        _measurement(codes.LONGEST_DIAMETER, lesion.longest_diameter_mm, codes.UNIT_MILLIMETRE),
+        _measurement(codes.VIABLE_DIAMETER, lesion.viable_diameter_mm, codes.UNIT_MILLIMETRE),
+    ]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(segmentation, segment_number, f"Lesion {lesion.label}"),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, segment_number),
+        finding_type=codes.LESION_FINDING_TYPE,
+        finding_category=codes.LESION_FINDING_CATEGORY,
+        finding_sites=[hd.sr.FindingSite(codes.FINDING_SITE_LIVER)],
+        algorithm_id=algorithm_id,
+        measurements=measurements,
+    )
+
+
+def _liver_group(
+    segmentation: Dataset,
+    liver_volume_ml: float,
+    tumour_burden_pct: float,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 group of the liver: its volume and the share taken by tumour."""
+    measurements = [
+        _measurement(codes.VOLUME, liver_volume_ml, codes.UNIT_MILLILITRE),
+        _measurement(codes.TUMOUR_BURDEN, tumour_burden_pct, codes.UNIT_PERCENT),
+    ]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(segmentation, LIVER_SEGMENT_NUMBER, "Liver"),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
+            segmentation, LIVER_SEGMENT_NUMBER
+        ),
+        finding_type=codes.LIVER_FINDING_TYPE,
+        finding_category=codes.LIVER_FINDING_CATEGORY,
+        finding_sites=[hd.sr.FindingSite(codes.FINDING_SITE_LIVER)],
+        algorithm_id=algorithm_id,
+        measurements=measurements,
+    )
+
+
+def _measurement(
+    name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept
+) -> hd.sr.Measurement:
+    """One TID 300 numeric measurement; rejects NaN so readers never see it."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name.meaning} is not a finite number: {value}")
+    return hd.sr.Measurement(name=name, value=float(value), unit=unit)
+
+
+def _qualitative_evaluations(extra_text: Sequence[tuple[str, str]]) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12 container: the disclaimer and the pipeline's notes as TEXT."""
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    texts = [RESEARCH_USE_TEXT, *(f"{name}: {value}" for name, value in extra_text)]
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=text,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for text in texts
+        ]
+    )
+    return container

@@ -1,0 +1,277 @@
+"""The `hepatica` command: one sub-command per job a radiology-IT user does."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+from rich.table import Table
+
+from plugin import __version__
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:  # the one place a CLI failure becomes a message
+        if args.verbose:
+            raise
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hepatica", description="Liver-cancer treatment-response AI as a DICOM node. "
+        "RESEARCH USE ONLY — not for diagnostic use.")
+    parser.add_argument("--version", action="version", version=f"hepatica {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_phantom(sub)
+    _add_run(sub)
+    _add_serve(sub)
+    _add_demo(sub)
+    _add_jobs(sub)
+    _add_models(sub)
+    _add_train(sub)
+    _add_config(sub)
+    from plugin import evaluate_cli
+
+    evaluate_cli.add_parser(sub)
+    return parser
+
+
+def _add_phantom(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("phantom", help="write a synthetic liver study as DICOM with ground truth")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--modality", choices=("mr", "ct"), default="mr")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_phantom)
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from dicom_io.synthetic import PhantomSpec, make_phantom, write_phantom_study
+
+    with console.status("drawing the phantom…"):
+        phantom = make_phantom(args.seed, PhantomSpec(modality=args.modality.upper()))
+    with console.status("writing DICOM…"):
+        files = write_phantom_study(phantom, args.out_dir)
+    console.print(f"wrote {len(files)} instances in {len(phantom.spec.phases)} series to "
+                  f"{args.out_dir / 'dicom'}; truth in {args.out_dir / 'ground_truth'}")
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="process one study folder offline (no network)")
+    p.add_argument("study_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--config", type=Path)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from plugin.config import load_config
+    from plugin.pipeline import PipelineSettings, process_study
+
+    if not args.study_dir.is_dir():
+        raise FileNotFoundError(f"study folder {args.study_dir} does not exist")
+    config = load_config(args.config)
+    settings = PipelineSettings(config.pipeline.bundle_dirs, config.pipeline.series_number_base,
+                                config.pipeline.providers)
+    with console.status("starting…") as status:
+        result = process_study(args.study_dir, args.out, settings,
+                               progress=lambda step: status.update(f"{step}…"))
+    print_result(result.summary, args.out)
+    return 0
+
+
+def print_result(summary: dict[str, object], out_dir: Path) -> None:
+    """The measurements table and where the result files are."""
+    measurements = summary["measurements"]
+    assert isinstance(measurements, dict)
+    table = Table(title="Hepatica measurements — RESEARCH USE ONLY, not for diagnostic use")
+    for column in ("lesion", "volume (ml)", "longest diameter (mm)", "viable diameter (mm)"):
+        table.add_column(column, justify="right")
+    for lesion in measurements["lesions"]:
+        table.add_row(str(lesion["label"]), f"{lesion['volume_ml']:.2f}",
+                      f"{lesion['longest_diameter_mm']:.1f}", f"{lesion['viable_diameter_mm']:.1f}")
+    console.print(table)
+    console.print(f"liver volume {measurements['liver_volume_ml']:.0f} ml, tumour burden "
+                  f"{measurements['tumour_burden_pct']:.2f} %")
+    timings = summary.get("timings_s", {})
+    assert isinstance(timings, dict)
+    console.print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()
+                                          if "/" not in k))
+    console.print(f"results in {out_dir}:")
+    files = summary.get("files", [])
+    assert isinstance(files, list)
+    for name in [*files, "summary.json"]:
+        console.print(f"  {out_dir / str(name)}")
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the DICOM node: listener, queue, workers, sender")
+    p.add_argument("--config", type=Path, help="TOML file (default: $HEPATICA_CONFIG)")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from plugin.config import load_config
+    from plugin.service import HepaticaService
+
+    config = load_config(args.config)
+    service = HepaticaService(config)
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
+    service.start()
+    console.print(f"hepatica {service.version} listening as {config.listener.ae_title} on "
+                  f"{config.listener.host}:{service.port}; results to "
+                  f"{config.destination.ae_title}@{config.destination.host}:"
+                  f"{config.destination.port}", highlight=False)
+    service.run_forever()
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="a synthetic MR study through the whole DICOM path")
+    p.add_argument("--out", type=Path, default=Path("hepatica-demo"))
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from plugin.demo import run_demo
+
+    return run_demo(args.out, args.seed, console)
+
+
+def _add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("jobs", help="list the jobs and their states")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_jobs)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from plugin.config import load_config
+    from plugin.jobs import JobQueue, JobState, format_jobs_table
+
+    config = load_config(args.config)
+    if not config.database.exists():
+        console.print(f"no job database at {config.database} yet (nothing received)")
+        return 0
+    queue = JobQueue(config.database, pipeline_version="")
+    states = [JobState(s) for s in args.state] if args.state else None
+    jobs = queue.list(states)
+    queue.close()
+    if args.json:
+        console.print_json(json.dumps([_job_json(j) for j in jobs]))
+    else:
+        console.print(format_jobs_table(jobs))
+    return 0
+
+
+def _job_json(job: object) -> dict[str, object]:
+    from dataclasses import asdict, is_dataclass
+
+    assert is_dataclass(job) and not isinstance(job, type)
+    return {k: (str(v) if k == "state" else v) for k, v in asdict(job).items()}
+
+
+def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("models", help="list the installed model bundles")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(func=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from plugin.config import load_config
+    from plugin.models import installed_bundles
+
+    config = load_config(args.config)
+    table = Table(title="Installed model bundles")
+    for column in ("name", "version", "family", "inputs", "trained on", "path"):
+        table.add_column(column)
+    for b in installed_bundles(config.pipeline.bundle_dirs):
+        table.add_row(b.name, b.version, b.family, ", ".join(b.inputs.phases),
+                      str(b.training.get("data", "")), str(b.path))
+    console.print(table)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", help="train a model family and write a bundle")
+    families = p.add_subparsers(title="family", metavar="FAMILY")
+    seg = families.add_parser("segmentation", help="liver + tumour 3-D UNet on phantoms")
+    seg.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    seg.add_argument("--cases", type=int, default=32, help="training phantoms")
+    seg.add_argument("--steps", type=int, default=2000)
+    seg.add_argument("--seed", type=int, default=0)
+    seg.add_argument("--validation-cases", type=int, default=4)
+    seg.set_defaults(func=_train_segmentation)
+
+
+def _train_segmentation(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from plugin.training import train_segmentation_bundle
+
+    with Progress(console=console) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        out = train_segmentation_bundle(args.out, cases=args.cases, steps=args.steps,
+                                        seed=args.seed, validation_cases=args.validation_cases,
+                                        progress=progress)
+    console.print(f"bundle written to {out}")
+    metrics = json.loads((out / "training.json").read_text())["metrics"]
+    console.print_json(json.dumps(metrics))
+    return 0
+
+
+def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("config", help="show the effective configuration or an example file")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--example", action="store_true", help="print a commented example file")
+    p.set_defaults(func=_config)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from plugin.config import default_config_toml, load_config
+
+    if args.example:
+        sys.stdout.write(default_config_toml())
+        return 0
+    console.print(load_config(args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

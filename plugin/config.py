@@ -1,0 +1,505 @@
+"""Hepatica configuration: one TOML file, overridden by ``HEPATICA_*`` environment variables.
+
+Why both: a site keeps its settings in a file under version control, while containers and
+tests change one value (a port, the data directory) without rewriting that file. The
+environment wins over the file so that ``docker run -e HEPATICA_LISTENER__PORT=104`` does
+what it says.
+
+Every value is checked once, here, so the rest of Hepatica can trust it; a bad value raises
+:class:`ConfigError` naming the key, the value, where it came from and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "ENV_PREFIX",
+    "ConfigError",
+    "DestinationConfig",
+    "HepaticaConfig",
+    "ListenerConfig",
+    "PipelineConfig",
+    "default_config_toml",
+    "env_var_name",
+    "load_config",
+]
+
+ENV_PREFIX = "HEPATICA_"
+CONFIG_ENV_VAR = "HEPATICA_CONFIG"
+_MAX_SERIES_NUMBER = 2**31 - 1  # Series Number is IS: a signed 32-bit integer (PS3.5 6.2)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """The storage SCP that receives studies."""
+
+    ae_title: str = "HEPATICA"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_callers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """The archive that receives Hepatica's result objects."""
+
+    ae_title: str = "ARCHIVE"
+    host: str = "127.0.0.1"
+    port: int = 11113
+    retries: int = 3
+    backoff_seconds: float = 2.0
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How studies become jobs and how jobs are run."""
+
+    stable_seconds: float = 30.0
+    workers: int = 1
+    max_attempts: int = 3
+    bundle_dirs: tuple[Path, ...] = ()
+    series_number_base: int = 9900
+    providers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HepaticaConfig:
+    """The whole configuration; derived locations hang off ``data_dir``."""
+
+    listener: ListenerConfig = field(default_factory=ListenerConfig)
+    destination: DestinationConfig = field(default_factory=DestinationConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    data_dir: Path = Path("hepatica-data")
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message says how to fix it."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.source = source
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "listener": ListenerConfig,
+    "destination": DestinationConfig,
+    "pipeline": PipelineConfig,
+}
+_TOP_LEVEL_KEYS = ("data_dir",)
+
+# One line of help per key: the example file and docs/configuration.md are built from it.
+_HELP: dict[str, str] = {
+    "data_dir": "Spool, results and the job database live here (relative: to this file).",
+    "listener.ae_title": "AE title Hepatica answers to (1-16 printable ASCII, no backslash).",
+    "listener.host": "Address to listen on; 0.0.0.0 listens on every interface.",
+    "listener.port": "TCP port of the storage SCP; 0 picks a free port (tests).",
+    "listener.allowed_callers": "Calling AE titles accepted; empty accepts any caller.",
+    "destination.ae_title": "AE title of the archive that receives results.",
+    "destination.host": "Host name or address of the archive.",
+    "destination.port": "TCP port of the archive.",
+    "destination.retries": "Extra send attempts after a failed association (0 = try once).",
+    "destination.backoff_seconds": "Wait before the first retry; doubled on each retry.",
+    "destination.enabled": "false keeps results on disk only (results_dir) and sends nothing.",
+    "pipeline.stable_seconds": "A study is complete when no new instance came for this long.",
+    "pipeline.workers": "Number of jobs run in parallel.",
+    "pipeline.max_attempts": "Attempts per job before it is marked dead.",
+    "pipeline.bundle_dirs": "Extra folders searched for model bundles.",
+    "pipeline.series_number_base": "Result series are numbered from here (never random).",
+    "pipeline.providers": "ONNX Runtime providers in order; empty = best available (TensorRT, CUDA, CPU).",
+}
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """A value as read, with where it came from, before conversion."""
+
+    value: object
+    source: str
+    from_env: bool
+    base_dir: Path
+
+
+def env_var_name(key: str) -> str:
+    """``listener.port`` → ``HEPATICA_LISTENER__PORT``; ``data_dir`` → ``HEPATICA_DATA_DIR``."""
+    return ENV_PREFIX + key.replace(".", "__").upper()
+
+
+def load_config(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> HepaticaConfig:
+    """Read ``path`` (or ``$HEPATICA_CONFIG``, or nothing), apply the environment, validate."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, _Raw] = {}
+    config_path = _config_path(path, env)
+    if config_path is not None:
+        raw.update(_read_file(config_path))
+    raw.update(_read_env(env))
+    return _build(raw)
+
+
+def _config_path(path: Path | None, env: Mapping[str, str]) -> Path | None:
+    """The file to read: the argument wins over ``$HEPATICA_CONFIG``; none is fine."""
+    if path is not None:
+        return Path(path).expanduser()
+    named = env.get(CONFIG_ENV_VAR, "").strip()
+    if not named:
+        return None
+    return Path(named).expanduser()
+
+
+def _read_file(path: Path) -> dict[str, _Raw]:
+    """Parse the TOML file and flatten it to ``section.key`` entries, rejecting unknown names."""
+    source = str(path)
+    try:
+        with path.open("rb") as stream:
+            document = tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"configuration file {source} does not exist; write one with "
+            "`hepatica config --example > hepatica.toml` or unset HEPATICA_CONFIG",
+            source=source,
+        ) from None
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        message = f"cannot read configuration file {source}: {error}"
+        raise ConfigError(message, source=source) from error
+    base_dir = path.resolve().parent
+    return _flatten(document, source, base_dir)
+
+
+def _flatten(document: Mapping[str, Any], source: str, base_dir: Path) -> dict[str, _Raw]:
+    """Turn ``{"listener": {"port": 1}}`` into ``{"listener.port": _Raw(1, ...)}``."""
+    flat: dict[str, _Raw] = {}
+    for name, value in document.items():
+        if name in _TOP_LEVEL_KEYS:
+            flat[name] = _Raw(value, source, False, base_dir)
+        elif name in _SECTIONS:
+            if not isinstance(value, dict):
+                raise _error(name, value, source, "a table, e.g. [" + name + "]")
+            for key, item in value.items():
+                _check_known(name, key, source)
+                flat[f"{name}.{key}"] = _Raw(item, source, False, base_dir)
+        else:
+            raise _unknown(name, [*_TOP_LEVEL_KEYS, *_SECTIONS], source, "key or table")
+    return flat
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, _Raw]:
+    """Collect ``HEPATICA_DATA_DIR`` and ``HEPATICA_<SECTION>__<KEY>`` overrides.
+
+    Other ``HEPATICA_*`` names without a double underscore (``HEPATICA_CONFIG``, a log level
+    another module reads) are not configuration keys and are left alone; a double-underscore
+    name that matches no key is an error, because a typo there would otherwise be silent.
+    """
+    flat: dict[str, _Raw] = {}
+    cwd = Path.cwd()
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        if rest in _TOP_LEVEL_KEYS:
+            flat[rest] = _Raw(value, name, True, cwd)
+        elif "__" in rest:
+            section, _, key = rest.partition("__")
+            if section not in _SECTIONS:
+                raise _unknown(section, list(_SECTIONS), name, "section")
+            _check_known(section, key, name)
+            flat[f"{section}.{key}"] = _Raw(value, name, True, cwd)
+    return flat
+
+
+def _check_known(section: str, key: str, source: str) -> None:
+    valid = [item.name for item in fields(_SECTIONS[section])]
+    if key not in valid:
+        raise _unknown(f"{section}.{key}", [f"{section}.{name}" for name in valid], source, "key")
+
+
+def _unknown(name: str, valid: list[str], source: str, what: str) -> ConfigError:
+    """An unknown name, with the nearest valid one suggested (typos are the usual cause)."""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return ConfigError(
+        f"unknown {what} '{name}' (from {source}); {hint}valid: {', '.join(valid)}",
+        key=name,
+        source=source,
+    )
+
+
+def _error(key: str, value: object, source: str, allowed: str) -> ConfigError:
+    return ConfigError(
+        f"{key} = {value!r} (from {source}) is invalid: must be {allowed}", key=key, source=source
+    )
+
+
+def _build(raw: Mapping[str, _Raw]) -> HepaticaConfig:
+    """Convert and validate every value present; absent keys keep their defaults."""
+    sections = {name: _build_section(name, cls, raw) for name, cls in _SECTIONS.items()}
+    data_dir = _convert("data_dir", Path, raw.get("data_dir"), Path("hepatica-data"))
+    return HepaticaConfig(data_dir=data_dir, **sections)
+
+
+def _build_section(name: str, cls: type[Any], raw: Mapping[str, _Raw]) -> Any:
+    hints = get_type_hints(cls)
+    values: dict[str, object] = {}
+    for item in fields(cls):
+        key = f"{name}.{item.name}"
+        values[item.name] = _convert(key, hints[item.name], raw.get(key), item.default)
+    return cls(**values)
+
+
+def _convert(key: str, kind: object, raw: _Raw | None, default: object) -> Any:
+    """Parse one value to its field type, check it, and resolve relative paths."""
+    if raw is None:
+        value = default
+        base_dir = Path.cwd()
+    else:
+        value = _parse(key, kind, raw)
+        base_dir = raw.base_dir
+    value = _resolve_paths(value, base_dir)
+    if raw is not None:
+        problem = _CHECKS.get(key, _no_check)(value)
+        if problem is not None:
+            raise _error(key, raw.value, raw.source, problem)
+    return value
+
+
+def _resolve_paths(value: object, base_dir: Path) -> object:
+    """Make paths absolute: relative to the config file, or to the CWD for env and defaults."""
+    if isinstance(value, Path):
+        return base_dir / value.expanduser()
+    if isinstance(value, tuple) and all(isinstance(item, Path) for item in value):
+        return tuple(base_dir / item.expanduser() for item in value)
+    return value
+
+
+def _parse(key: str, kind: object, raw: _Raw) -> object:
+    parser = _PARSERS[kind]
+    parsed = parser(raw.value, raw.from_env)
+    if parsed is _INVALID:
+        raise _error(key, raw.value, raw.source, _TYPE_NAMES[kind])
+    return parsed
+
+
+_INVALID = object()
+
+
+def _parse_str(value: object, from_env: bool) -> object:
+    return value if isinstance(value, str) else _INVALID
+
+
+def _parse_int(value: object, from_env: bool) -> object:
+    if from_env and isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return _INVALID
+    # bool is an int subclass in Python, but `port = true` is a mistake, not 1.
+    return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
+
+
+def _parse_float(value: object, from_env: bool) -> object:
+    if from_env and isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return _INVALID
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        return _INVALID
+    return number if math.isfinite(number) else _INVALID
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _parse_bool(value: object, from_env: bool) -> object:
+    if from_env and isinstance(value, str):
+        word = value.strip().lower()
+        return True if word in _TRUE else False if word in _FALSE else _INVALID
+    return value if isinstance(value, bool) else _INVALID
+
+
+def _parse_path(value: object, from_env: bool) -> object:
+    return Path(value) if isinstance(value, str) and value.strip() else _INVALID
+
+
+def _split_env_list(value: str) -> list[str]:
+    """Environment lists are comma-separated; blanks are dropped so ``A, B,`` is A and B."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _parse_str_tuple(value: object, from_env: bool) -> object:
+    if from_env and isinstance(value, str):
+        return tuple(_split_env_list(value))
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    return _INVALID
+
+
+def _parse_path_tuple(value: object, from_env: bool) -> object:
+    items = _parse_str_tuple(value, from_env)
+    if not isinstance(items, tuple) or not all(item.strip() for item in items):
+        return _INVALID
+    return tuple(Path(item) for item in items)
+
+
+_PARSERS: dict[object, Callable[[object, bool], object]] = {
+    str: _parse_str,
+    int: _parse_int,
+    float: _parse_float,
+    bool: _parse_bool,
+    Path: _parse_path,
+    tuple[str, ...]: _parse_str_tuple,
+    tuple[Path, ...]: _parse_path_tuple,
+}
+_TYPE_NAMES: dict[object, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a finite number",
+    bool: "true or false (environment: 1/0, true/false, yes/no, on/off)",
+    Path: "a non-empty path string",
+    tuple[str, ...]: "a list of strings (environment: comma-separated)",
+    tuple[Path, ...]: "a list of non-empty path strings (environment: comma-separated)",
+}
+
+
+def _ae_title_problem(value: str) -> str | None:
+    """PS3.5 6.2 AE: up to 16 characters of the default repertoire, no backslash, not blank."""
+    ok = (
+        0 < len(value) <= 16
+        and value.strip() != ""
+        and all(" " <= char <= "~" and char != "\\" for char in value)
+    )
+    return None if ok else "1-16 printable ASCII characters, no backslash, not all spaces"
+
+
+def _check_ae(value: object) -> str | None:
+    return _ae_title_problem(value) if isinstance(value, str) else "a string"
+
+
+def _check_callers(value: object) -> str | None:
+    assert isinstance(value, tuple)
+    for title in value:
+        problem = _check_ae(title)
+        if problem is not None:
+            return f"a list of AE titles, each {problem} (bad: {title!r})"
+    return None
+
+
+def _check_host(value: object) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "a non-empty host name or address"
+
+
+def _check_names(value: object) -> str | None:
+    ok = isinstance(value, tuple) and all(isinstance(v, str) and v.strip() for v in value)
+    return None if ok else "a list of non-empty provider names"
+
+
+def _int_range(low: int, high: int | None, allowed: str) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
+        ok = isinstance(value, int) and value >= low and (high is None or value <= high)
+        return None if ok else allowed
+
+    return check
+
+
+def _positive(value: object) -> str | None:
+    return None if isinstance(value, float) and value > 0 else "a number greater than 0"
+
+
+def _non_negative(value: object) -> str | None:
+    return None if isinstance(value, float) and value >= 0 else "a number of at least 0"
+
+
+def _no_check(value: object) -> str | None:
+    return None
+
+
+_PORT = _int_range(0, 65535, "an integer from 0 to 65535 (0 picks a free port)")
+_CHECKS: dict[str, Callable[[object], str | None]] = {
+    "listener.ae_title": _check_ae,
+    "listener.host": _check_host,
+    "listener.port": _PORT,
+    "listener.allowed_callers": _check_callers,
+    "destination.ae_title": _check_ae,
+    "destination.host": _check_host,
+    "destination.port": _PORT,
+    "destination.retries": _int_range(0, None, "an integer of at least 0"),
+    "destination.backoff_seconds": _non_negative,
+    "pipeline.stable_seconds": _positive,
+    "pipeline.workers": _int_range(1, None, "an integer of at least 1"),
+    "pipeline.max_attempts": _int_range(1, None, "an integer of at least 1"),
+    "pipeline.series_number_base": _int_range(
+        1, _MAX_SERIES_NUMBER, f"an integer from 1 to {_MAX_SERIES_NUMBER}"
+    ),
+    "pipeline.providers": _check_names,
+}
+
+
+def default_config_toml() -> str:
+    """An example file with every key at its default, for docs and ``hepatica config --example``.
+
+    Built from the dataclasses and ``_HELP`` so that it cannot drift from the code; a test
+    loads it back and compares with the defaults.
+    """
+    lines = [
+        "# Hepatica configuration. Every key is shown with its default value.",
+        "# Any key can be overridden by an environment variable, named on the line above it;",
+        "# the environment wins over this file. Lists in the environment are comma-separated.",
+        "# Relative paths are resolved against the directory of this file.",
+        "# RESEARCH USE ONLY — not for diagnostic use.",
+        "",
+        *_key_lines("data_dir", Path("hepatica-data")),
+    ]
+    for name, cls in _SECTIONS.items():
+        lines += ["", f"[{name}]"]
+        for item in fields(cls):
+            lines += _key_lines(f"{name}.{item.name}", item.default)
+    return "\n".join(lines) + "\n"
+
+
+def _key_lines(key: str, default: object) -> list[str]:
+    short = key.rpartition(".")[2]
+    return [
+        f"# {_HELP[key]}",
+        f"# env: {env_var_name(key)}",
+        f"{short} = {_toml_value(default)}",
+    ]
+
+
+def _toml_value(value: object) -> str:
+    """TOML literal for the few types the configuration uses."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{text}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")

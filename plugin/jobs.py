@@ -1,0 +1,548 @@
+"""A persistent job queue on SQLite: one job per (study, pipeline version), surviving crashes.
+
+Why SQLite: the embedded node needs a queue that outlives the process, is shared by the
+listener and the workers (threads or processes on one machine) and needs no server. WAL mode
+lets readers (``hepatica jobs``, the status page) run while a worker writes; every write is a
+``BEGIN IMMEDIATE`` transaction, which takes the write lock up front, so two workers can never
+both see the same queued job as free (a deferred transaction could read, then fail to upgrade).
+
+States follow ARCHITECTURE.md: ``received → queued → running → sending → done | failed | dead``.
+A study that receives new instances after (or while) it was processed is processed again: the
+listener reports every stored instance through :meth:`JobQueue.record_instance`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from rich.console import JustifyMethod
+from rich.markup import escape
+from rich.table import Table
+
+__all__ = ["SCHEMA_VERSION", "Job", "JobQueue", "JobStateError", "JobState", "format_jobs_table"]
+
+
+class JobState(StrEnum):
+    RECEIVED = "received"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SENDING = "sending"
+    DONE = "done"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+_ACTIVE = (JobState.RUNNING, JobState.SENDING)
+_FINISHED = (JobState.DONE, JobState.FAILED, JobState.DEAD)
+# What mark() may do: a worker reports progress on a job it holds. Queueing goes through
+# enqueue/fail/recover and taking a job through claim, so their rules live in one place each.
+_MARK_FROM: dict[JobState, tuple[JobState, ...]] = {
+    JobState.RUNNING: (JobState.RUNNING,),
+    JobState.SENDING: _ACTIVE,
+    JobState.DONE: _ACTIVE,
+    JobState.FAILED: _ACTIVE,
+    JobState.DEAD: _ACTIVE,
+}
+
+
+class JobStateError(ValueError):
+    """A transition the job's current state does not allow (e.g. a stale worker's report)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One study under one pipeline version; ``timings`` are seconds per pipeline step."""
+
+    id: int
+    study_uid: str
+    pipeline_version: str
+    state: JobState
+    attempts: int
+    error: str | None
+    timings: dict[str, float]
+    created_at: float
+    updated_at: float
+    last_instance_at: float
+    instances: int
+    result_dir: str | None
+
+    @property
+    def total_seconds(self) -> float:
+        """The pipeline's own ``total`` when it recorded one, else the sum of the steps."""
+        return self.timings.get("total", sum(self.timings.values()))
+
+
+SCHEMA_VERSION = 1
+# Migration n takes the schema from version n-1 to n; append, never edit a released one.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        study_uid        TEXT    NOT NULL,
+        pipeline_version TEXT    NOT NULL,
+        state            TEXT    NOT NULL CHECK (state IN
+                         ('received','queued','running','sending','done','failed','dead')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        error            TEXT,
+        timings          TEXT    NOT NULL DEFAULT '{}',
+        created_at       REAL    NOT NULL,
+        updated_at       REAL    NOT NULL,
+        last_instance_at REAL    NOT NULL,
+        instances        INTEGER NOT NULL DEFAULT 0,
+        result_dir       TEXT,
+        queued_at        REAL,
+        rerun_state      TEXT CHECK (rerun_state IN ('received','queued')),
+        UNIQUE (study_uid, pipeline_version)
+    );
+    CREATE INDEX jobs_by_state ON jobs (pipeline_version, state, queued_at, id);
+    """,
+)
+_COLUMNS = (
+    "id, study_uid, pipeline_version, state, attempts, error, timings, created_at,"
+    " updated_at, last_instance_at, instances, result_dir"
+)
+_BUSY_TIMEOUT_S = 10.0
+
+
+class JobQueue:
+    """The queue for one pipeline version; safe to share between threads and processes.
+
+    One connection guarded by a lock serves all threads of a process (SQLite serialises writers
+    anyway, so per-thread connections would buy nothing but contention on the file lock); other
+    processes open their own ``JobQueue``. A forked child that inherits this object reconnects
+    instead of reusing the parent's connection, which SQLite forbids across ``fork``.
+
+    ``synchronous=FULL``: the listener answers C-STORE success only after the instance is
+    fsynced to the spool, and the job recorded for it must be as durable; NORMAL in WAL mode may
+    lose the last commits on power loss, which would leave a stored study that never runs. The
+    cost is one fsync per commit, small next to receiving and processing a study.
+    """
+
+    def __init__(
+        self, database: Path, pipeline_version: str, clock: Callable[[], float] = time.time
+    ):
+        self.database = Path(database)
+        self.pipeline_version = pipeline_version
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._connection: sqlite3.Connection | None = self._connect()
+
+    # ----------------------------------------------------------------- connection, schema
+    def _connect(self) -> sqlite3.Connection:
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(
+            self.database,
+            timeout=_BUSY_TIMEOUT_S,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+            check_same_thread=False,  # guarded by self._lock
+        )
+        connection.row_factory = sqlite3.Row
+        connection.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            connection.close()
+            raise RuntimeError(f"{self.database}: SQLite refused WAL mode (got {mode!r})")
+        connection.execute("PRAGMA synchronous = FULL")
+        _migrate(connection, self.database)
+        return connection
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding SQLite's write lock from its first statement."""
+        with self._lock:
+            connection = self._conn()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise RuntimeError(f"job queue {self.database} is closed")
+        if self._pid != os.getpid():  # inherited through fork: never touch the parent's handle
+            self._pid = os.getpid()
+            self._connection = self._connect()
+        return self._connection
+
+    def close(self) -> None:
+        """Close the connection; later calls raise. Safe to call twice."""
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection = None
+
+    # ----------------------------------------------------------------- producers
+    def record_instance(self, study_uid: str, new: bool) -> Job:
+        """Note one stored instance; ``new`` is False for a duplicate the spool already had.
+
+        A duplicate never changes an existing job (a PACS resending a study must not cause a
+        second run). A new instance restarts the stability clock, sends a queued job back to
+        waiting, re-opens a finished job, and asks a running job to run again when it finishes.
+        """
+        now = self._clock()
+        with self._write() as db:
+            row = self._row_for(db, study_uid)
+            if row is None:
+                count = 1 if new else 0
+                return self._insert(db, study_uid, JobState.RECEIVED, now, count)
+            if not new:
+                return _to_job(row)
+            return self._on_new_instance(db, row, now)
+
+    def _on_new_instance(self, db: sqlite3.Connection, row: sqlite3.Row, now: float) -> Job:
+        state = JobState(row["state"])
+        sets = "last_instance_at = ?, instances = instances + 1, updated_at = ?"
+        if state in _ACTIVE:
+            sets += ", rerun_state = 'received'"
+        elif state in _FINISHED:
+            sets += ", state = 'received', attempts = 0, error = NULL, timings = '{}'"
+        elif state is JobState.QUEUED:
+            sets += ", state = 'received', queued_at = NULL"
+        return self._update(db, row["id"], sets, now, now)
+
+    def enqueue(self, study_uid: str) -> Job:
+        """Queue a study now (stable event, ``hepatica run``, re-run request).
+
+        A finished job is queued again with its attempts reset. A running job is left alone but
+        flagged, so it is queued again as soon as the current run ends.
+        """
+        now = self._clock()
+        with self._write() as db:
+            row = self._row_for(db, study_uid)
+            if row is None:
+                return self._insert(db, study_uid, JobState.QUEUED, now, 0)
+            state = JobState(row["state"])
+            if state in _ACTIVE:
+                return self._update(db, row["id"], "rerun_state = 'queued', updated_at = ?", now)
+            if state is JobState.QUEUED:
+                return _to_job(row)
+            sets = "state = 'queued', queued_at = ?, updated_at = ?"
+            if state in _FINISHED:
+                sets += ", attempts = 0, error = NULL, timings = '{}'"
+            return self._update(db, row["id"], sets, now, now)
+
+    def promote_stable(self, stable_seconds: float) -> list[Job]:
+        """Queue every received study that has had no new instance for ``stable_seconds``."""
+        now = self._clock()
+        with self._write() as db:
+            rows = db.execute(
+                f"UPDATE jobs SET state = 'queued', queued_at = ?, updated_at = ?"
+                f" WHERE pipeline_version = ? AND state = 'received' AND last_instance_at <= ?"
+                f" RETURNING {_COLUMNS}",
+                (now, now, self.pipeline_version, now - stable_seconds),
+            ).fetchall()
+        return sorted((_to_job(row) for row in rows), key=lambda job: job.id)
+
+    # ----------------------------------------------------------------- workers
+    def claim(self) -> Job | None:
+        """Take the job queued longest ago: RUNNING, one more attempt. None when idle."""
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE pipeline_version = ? AND state = 'queued'"
+                " ORDER BY queued_at, id LIMIT 1",
+                (self.pipeline_version,),
+            ).fetchone()
+            if row is None:
+                return None
+            sets = "state = 'running', attempts = attempts + 1, rerun_state = NULL, updated_at = ?"
+            return self._update(db, row["id"], sets, now)
+
+    def mark(
+        self,
+        job_id: int,
+        state: JobState,
+        *,
+        error: str | None = None,
+        timings: dict[str, float] | None = None,
+        result_dir: str | None = None,
+    ) -> Job:
+        """Report progress on a claimed job; ``timings`` are merged into those recorded.
+
+        ``None`` leaves a field unchanged, except that DONE clears the error. If the study
+        changed while it ran (see :meth:`record_instance`), a finishing state sends the job back
+        to be processed again instead; the returned job shows where it went.
+        """
+        state = JobState(state)
+        allowed = _MARK_FROM.get(state)
+        if allowed is None:
+            raise JobStateError(f"mark() cannot set {state}: use enqueue(), claim() or fail()")
+        now = self._clock()
+        with self._write() as db:
+            row = self._held_row(db, job_id, allowed, f"mark {state}")
+            merged = json.loads(row["timings"]) | (timings or {})
+            new_error = None if state is JobState.DONE else (error or row["error"])
+            target, attempts = _after_run(row, state, row["attempts"])
+            return self._update(
+                db,
+                job_id,
+                "state = ?, attempts = ?, error = ?, timings = ?, result_dir = ?, updated_at = ?,"
+                " queued_at = ?, rerun_state = ?",
+                target.value,
+                attempts,
+                new_error,
+                json.dumps(merged),
+                result_dir if result_dir is not None else row["result_dir"],
+                now,
+                now if target is JobState.QUEUED else row["queued_at"],
+                row["rerun_state"] if target is state else None,
+            )
+
+    def fail(self, job_id: int, error: str, max_attempts: int) -> Job:
+        """A run failed: queue it again (at the back) while attempts remain, else DEAD."""
+        now = self._clock()
+        with self._write() as db:
+            row = self._held_row(db, job_id, _ACTIVE, "fail")
+            return self._leave_run(db, row, error, max_attempts, now)
+
+    def recover(self, max_attempts: int) -> list[Job]:
+        """At start-up, re-queue jobs a crashed process left RUNNING or SENDING.
+
+        Call it only while no other worker process uses this database: a live worker's job
+        looks exactly like a crashed one. A crash counts as an attempt, so a study that kills
+        the process every time ends DEAD instead of crashing the node forever.
+        """
+        now = self._clock()
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE pipeline_version = ? AND state IN ('running','sending')"
+                " ORDER BY id",
+                (self.pipeline_version,),
+            ).fetchall()
+            return [
+                self._leave_run(db, row, _interrupted(row), max_attempts, now) for row in rows
+            ]
+
+    def _leave_run(
+        self, db: sqlite3.Connection, row: sqlite3.Row, error: str, max_attempts: int, now: float
+    ) -> Job:
+        wanted = JobState.QUEUED if row["attempts"] < max_attempts else JobState.DEAD
+        target, attempts = _after_run(row, wanted, row["attempts"])
+        return self._update(
+            db,
+            row["id"],
+            "state = ?, attempts = ?, error = ?, updated_at = ?, queued_at = ?, rerun_state = NULL",
+            target.value,
+            attempts,
+            error,
+            now,
+            now if target is JobState.QUEUED else row["queued_at"],
+        )
+
+    # ----------------------------------------------------------------- readers
+    def get(self, job_id: int) -> Job | None:
+        """Any job by id, whatever its pipeline version."""
+        with self._lock:
+            row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _to_job(row)
+
+    def by_study(self, study_uid: str) -> Job | None:
+        """The job of this study under this queue's pipeline version."""
+        with self._lock:
+            row = self._row_for(self._conn(), study_uid)
+        return None if row is None else _to_job(row)
+
+    def list(
+        self,
+        states: Iterable[JobState] | None = None,
+        limit: int = 100,
+        *,
+        all_versions: bool = False,
+    ) -> list[Job]:
+        """Most recently updated first; this pipeline version only unless ``all_versions``."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        where, params = _list_filter(states, None if all_versions else self.pipeline_version)
+        query = f"SELECT * FROM jobs{where} ORDER BY updated_at DESC, id DESC LIMIT ?"
+        with self._lock:
+            rows = self._conn().execute(query, (*params, limit)).fetchall()
+        return [_to_job(row) for row in rows]
+
+    # ----------------------------------------------------------------- row helpers
+    def _row_for(self, db: sqlite3.Connection, study_uid: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = db.execute(
+            "SELECT * FROM jobs WHERE study_uid = ? AND pipeline_version = ?",
+            (study_uid, self.pipeline_version),
+        ).fetchone()
+        return row
+
+    def _held_row(
+        self, db: sqlite3.Connection, job_id: int, allowed: tuple[JobState, ...], action: str
+    ) -> sqlite3.Row:
+        """The job's row, provided it is in a state that ``action`` may leave."""
+        row: sqlite3.Row | None = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no job {job_id} in {self.database}")
+        if JobState(row["state"]) not in allowed:
+            names = ", ".join(state.value for state in allowed)
+            raise JobStateError(
+                f"cannot {action} job {job_id}: it is {row['state']}, expected one of {names}"
+                " (was it recovered or re-queued by another process?)"
+            )
+        return row
+
+    def _insert(
+        self, db: sqlite3.Connection, study_uid: str, state: JobState, now: float, count: int
+    ) -> Job:
+        row = db.execute(
+            "INSERT INTO jobs (study_uid, pipeline_version, state, created_at, updated_at,"
+            f" last_instance_at, instances, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            f" RETURNING {_COLUMNS}",
+            (
+                study_uid,
+                self.pipeline_version,
+                state.value,
+                now,
+                now,
+                now,
+                count,
+                now if state is JobState.QUEUED else None,
+            ),
+        ).fetchone()
+        return _to_job(row)
+
+    def _update(self, db: sqlite3.Connection, job_id: int, sets: str, *params: object) -> Job:
+        row = db.execute(
+            f"UPDATE jobs SET {sets} WHERE id = ? RETURNING {_COLUMNS}", (*params, job_id)
+        ).fetchone()
+        return _to_job(row)
+
+
+def _migrate(connection: sqlite3.Connection, database: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION, one recorded step at a time (``user_version``)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{database} has job schema {version}, newer than this Hepatica's"
+                f" {SCHEMA_VERSION}; upgrade Hepatica or use another data_dir"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[number - 1].split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number}")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _after_run(row: sqlite3.Row, wanted: JobState, attempts: int) -> tuple[JobState, int]:
+    """Where a job goes when a run ends: ``wanted``, unless the study changed meanwhile."""
+    rerun = row["rerun_state"]
+    if rerun is None or wanted in _ACTIVE:
+        return wanted, attempts
+    return JobState(rerun), 0
+
+
+def _interrupted(row: sqlite3.Row) -> str:
+    previous = f"; before that: {row['error']}" if row["error"] else ""
+    return f"interrupted while {row['state']} (process stopped){previous}"
+
+
+def _list_filter(
+    states: Iterable[JobState] | None, version: str | None
+) -> tuple[str, list[object]]:
+    clauses: list[str] = []
+    params: list[object] = []
+    if version is not None:
+        clauses.append("pipeline_version = ?")
+        params.append(version)
+    if states is not None:
+        values = [JobState(state).value for state in states]
+        clauses.append(f"state IN ({', '.join('?' for _ in values)})" if values else "0")
+        params.extend(values)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _to_job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        study_uid=row["study_uid"],
+        pipeline_version=row["pipeline_version"],
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        error=row["error"],
+        timings={str(k): float(v) for k, v in json.loads(row["timings"]).items()},
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_instance_at=row["last_instance_at"],
+        instances=row["instances"],
+        result_dir=row["result_dir"],
+    )
+
+
+# ----------------------------------------------------------------------- display
+_STATE_STYLES = {
+    JobState.RECEIVED: "cyan",
+    JobState.QUEUED: "blue",
+    JobState.RUNNING: "yellow",
+    JobState.SENDING: "yellow",
+    JobState.DONE: "green",
+    JobState.FAILED: "red",
+    JobState.DEAD: "bold red",
+}
+_UID_TAIL = 12
+_ERROR_WIDTH = 60
+
+
+def format_jobs_table(jobs: Sequence[Job]) -> Table:
+    """The ``hepatica jobs`` table. Study UIDs are not patient identifiers; the tail suffices
+    to tell studies apart on screen and keeps the table narrow."""
+    table = Table(title="Hepatica jobs")
+    for name, justify in _TABLE_COLUMNS:
+        table.add_column(name, justify=justify)
+    for job in jobs:
+        table.add_row(*_table_row(job))
+    return table
+
+
+_TABLE_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
+    ("id", "right"),
+    ("study", "left"),
+    ("state", "left"),
+    ("attempts", "right"),
+    ("updated", "left"),
+    ("total s", "right"),
+    ("error", "left"),
+)
+
+
+def _table_row(job: Job) -> tuple[str, ...]:
+    uid = job.study_uid
+    study = uid if len(uid) <= _UID_TAIL else "…" + uid[-_UID_TAIL:]
+    style = _STATE_STYLES[job.state]
+    total = f"{job.total_seconds:.1f}" if job.timings else ""
+    return (
+        str(job.id),
+        study,
+        f"[{style}]{job.state.value}[/{style}]",
+        str(job.attempts),
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.updated_at)),
+        total,
+        _short_error(job.error),
+    )
+
+
+def _short_error(error: str | None) -> str:
+    """First line only, cut to a width that keeps one job on one line of the table."""
+    if not error:
+        return ""
+    line = error.strip().splitlines()[0] if error.strip() else ""
+    text = line if len(line) <= _ERROR_WIDTH else line[: _ERROR_WIDTH - 1] + "…"
+    return escape(text)  # rich markup must not eat text from the error

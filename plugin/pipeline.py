@@ -1,0 +1,297 @@
+"""The pipeline of one study: series → phases → volumes → segmentation → measurements →
+SEG, TID 1500 SR and heatmaps. Composes the three rooms; holds no DICOM or model logic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom_io.series import GeometryError, SeriesInstances, load_study, series_to_volume
+from dicom_io.volume import Volume, resample_like
+from export.common import RESEARCH_USE_TEXT, AlgorithmInfo, ResultIdentity
+from export.sc.sop import build_heatmap_image
+from export.seg.sop import build_segmentation
+from export.sr.sop import build_measurement_report
+from inference.bundle import Bundle
+from inference.measurements import StudyMeasurements, measure
+from inference.runtime import create_session
+from inference.segmentation import SegmentationResult, segment
+from plugin import __version__
+from plugin.models import segmentation_bundle
+from plugin.selection import LabelledSeries, choose, label_all
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+HEATMAP_PHASES = ("PRE", "AP", "PVP", "DP")
+
+
+class PipelineError(RuntimeError):
+    """The study cannot be processed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What the pipeline needs from the configuration."""
+
+    bundle_dirs: tuple[Path, ...] = ()
+    series_number_base: int = 9900
+    providers: tuple[str, ...] = ()
+
+
+@dataclass
+class StudyResult:
+    """The files written for one study and the summary that describes them."""
+
+    study_uid: str
+    files: list[Path] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def pipeline_version(bundle: Bundle) -> str:
+    """Package and model versions: a new version re-processes, the same one replaces."""
+    return f"hepatica-{__version__}+{bundle.name}-{bundle.version}"
+
+
+class _Timer:
+    def __init__(self, progress: Progress | None) -> None:
+        self.timings: dict[str, float] = {}
+        self._progress = progress
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        if self._progress:
+            self._progress(name)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - started, 4)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    arterial: Volume
+    channels: list[Volume]
+    arterial_datasets: list[Dataset]
+    labelled: list[LabelledSeries]
+    choices: dict[str, str]
+    used_series: dict[str, str]
+
+
+def process_study(study_dir: Path, out_dir: Path, settings: PipelineSettings | None = None,
+                  progress: Progress | None = None) -> StudyResult:
+    """Run the whole pipeline on the instances under ``study_dir``; write into ``out_dir``."""
+    settings = settings or PipelineSettings()
+    timer = _Timer(progress)
+    bundle = segmentation_bundle(settings.bundle_dirs)
+    with timer.step("load series"):
+        series = load_study(study_dir)
+        if not series:
+            raise PipelineError(f"no DICOM instances found under {study_dir}")
+    with timer.step("label phases"):
+        labelled = label_all(series)
+    with timer.step("build volumes"):
+        inputs = _inputs(labelled, bundle)
+    with timer.step("segment"):
+        session = create_session(bundle.model_file, providers=list(settings.providers) or None)
+        seg = segment(bundle, session, [v.array for v in inputs.channels],
+                      inputs.arterial.spacing)
+    with timer.step("measure"):
+        measurements = measure(seg.labels, inputs.arterial.spacing,
+                               arterial=inputs.arterial.array,
+                               tumour_probability=seg.tumour_probability)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study_uid = str(inputs.arterial_datasets[0].StudyInstanceUID)
+    result = StudyResult(study_uid)
+    with timer.step("export"):
+        result.files = _export(inputs, seg, measurements, bundle, settings, out_dir)
+    result.summary = _summary(study_uid, inputs, measurements, bundle, session_providers(session),
+                              timer.timings, result.files, seg.timings)
+    (out_dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
+    return result
+
+
+def session_providers(session: object) -> list[str]:
+    """The execution providers the session actually runs on."""
+    return list(getattr(session, "providers", []))
+
+
+def _inputs(labelled: list[LabelledSeries], bundle: Bundle) -> _Inputs:
+    volumes: dict[str, tuple[Volume, LabelledSeries]] = {}
+    choices: dict[str, str] = {}
+    for phase in bundle.inputs.phases:
+        volume, item, reason = _volume_for(labelled, phase)
+        volumes[phase], choices[phase] = (volume, item), reason
+    reference_phase = bundle.inputs.phases[0]
+    arterial, arterial_item = volumes[reference_phase]
+    channels = [resample_like(volumes[p][0], arterial) for p in bundle.inputs.phases]
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in arterial_item.series.datasets}
+    ordered = [by_uid[uid] for uid in arterial.sop_instance_uids]
+    used = {p: volumes[p][1].series.series_uid for p in bundle.inputs.phases}
+    return _Inputs(arterial, channels, ordered, labelled, choices, used)
+
+
+def _volume_for(labelled: Sequence[LabelledSeries], phase: str
+                ) -> tuple[Volume, LabelledSeries, str]:
+    """The first candidate series for ``phase`` that stacks into a regular volume."""
+    failed: dict[str, str] = {}
+    while True:
+        choice = choose(labelled, phase, frozenset(failed))
+        if choice.chosen is None:
+            detail = "; ".join(f"series {uid[-12:]}: {why}" for uid, why in failed.items())
+            raise PipelineError(f"the segmentation model needs a {phase} series: "
+                                f"{choice.reason}" + (f" ({detail})" if detail else ""))
+        try:
+            return series_to_volume(choice.chosen.series), choice.chosen, choice.reason
+        except GeometryError as exc:
+            log.warning("series %s not usable for %s: %s", choice.chosen.series.series_uid[-12:],
+                        phase, exc.reason)
+            failed[choice.chosen.series.series_uid] = exc.reason
+
+
+def _algorithm(bundle: Bundle) -> AlgorithmInfo:
+    return AlgorithmInfo(name=bundle.name, version=bundle.version, family=bundle.family)
+
+
+def _software_versions(bundle: Bundle) -> str:
+    return f"hepatica {__version__}; {bundle.name} {bundle.version}"
+
+
+def _export(inputs: _Inputs, seg: SegmentationResult, measurements: StudyMeasurements,
+            bundle: Bundle, settings: PipelineSettings, out_dir: Path) -> list[Path]:
+    study_uid = str(inputs.arterial_datasets[0].StudyInstanceUID)
+    version = pipeline_version(bundle)
+    base = settings.series_number_base
+    algorithm, software = _algorithm(bundle), _software_versions(bundle)
+    lesion_labels = _lesion_label_map(seg, measurements)
+    seg_id = ResultIdentity.derive(study_uid, version, "seg", base + 1)
+    seg_ds = build_segmentation(
+        inputs.arterial_datasets, seg.labels > 0, lesion_labels,
+        series_instance_uid=seg_id.series_instance_uid, sop_instance_uid=seg_id.sop_instance_uid,
+        series_number=seg_id.series_number, algorithm=algorithm, software_versions=software)
+    files = [_save(seg_ds, out_dir / "seg.dcm")]
+    sr_id = ResultIdentity.derive(study_uid, version, "sr", base + 2)
+    sr_ds = build_measurement_report(
+        inputs.arterial_datasets, seg_ds, measurements.lesions,
+        liver_volume_ml=measurements.liver_volume_ml,
+        tumour_burden_pct=measurements.tumour_burden_pct,
+        series_instance_uid=sr_id.series_instance_uid, sop_instance_uid=sr_id.sop_instance_uid,
+        series_number=sr_id.series_number, algorithm=algorithm, software_versions=software,
+        extra_text=_provenance_text(inputs))
+    files.append(_save(sr_ds, out_dir / "sr.dcm"))
+    files += _heatmaps(inputs, seg, measurements, study_uid, version, base + 3, software, out_dir)
+    return files
+
+
+def _lesion_label_map(seg: SegmentationResult, measurements: StudyMeasurements) -> np.ndarray:
+    """Lesion k of the measurements as label k (the SEG's segment k + 1)."""
+    out = np.zeros(seg.labels.shape, np.uint16)
+    if measurements.lesion_labels is not None:
+        out[:] = measurements.lesion_labels
+    return out
+
+
+def _provenance_text(inputs: _Inputs) -> list[tuple[str, str]]:
+    notes = [("Research use", RESEARCH_USE_TEXT)]
+    for phase, reason in inputs.choices.items():
+        uid = inputs.used_series[phase]
+        notes.append((f"Input series {phase}", f"SeriesInstanceUID {uid}: {reason}"))
+    return notes
+
+
+def _heatmaps(inputs: _Inputs, seg: SegmentationResult, measurements: StudyMeasurements,
+              study_uid: str, version: str, series_number: int, software: str,
+              out_dir: Path) -> list[Path]:
+    z = _heatmap_slice(seg, measurements)
+    source = inputs.arterial_datasets[z]
+    caption = _caption(measurements)
+    files: list[Path] = []
+    for number, (phase, volume) in enumerate(_heatmap_backgrounds(inputs), start=1):
+        ident = ResultIdentity.derive(study_uid, version, "heatmap", series_number, number)
+        image = build_heatmap_image(
+            volume.array[z], seg.tumour_probability[z], source_image=source, phase_label=phase,
+            caption_lines=caption, series_instance_uid=ident.series_instance_uid,
+            sop_instance_uid=ident.sop_instance_uid, series_number=series_number,
+            instance_number=number, software_versions=software)
+        files.append(_save(image, out_dir / f"heatmap_{number:02d}_{phase}.dcm"))
+    return files
+
+
+def _heatmap_backgrounds(inputs: _Inputs) -> Iterator[tuple[str, Volume]]:
+    """Every labelled contrast phase, on the arterial grid (one image each)."""
+    seen: set[str] = set()
+    for phase in HEATMAP_PHASES:
+        choice = choose(inputs.labelled, phase)
+        if choice.chosen is None or phase in seen:
+            continue
+        try:
+            volume = series_to_volume(choice.chosen.series)
+        except GeometryError:
+            continue
+        seen.add(phase)
+        yield choice.chosen.label.label, resample_like(volume, inputs.arterial)
+
+
+def _heatmap_slice(seg: SegmentationResult, measurements: StudyMeasurements) -> int:
+    """The slice through the largest lesion, else through the middle of the liver."""
+    if measurements.lesions:
+        return int(measurements.lesions[0].longest_diameter_slice)
+    organ = np.flatnonzero((seg.labels > 0).any(axis=(1, 2)))
+    return int(organ[len(organ) // 2]) if len(organ) else seg.labels.shape[0] // 2
+
+
+def _caption(measurements: StudyMeasurements) -> list[str]:
+    lines = [f"Tumour probability; {len(measurements.lesions)} lesion(s); liver "
+             f"{measurements.liver_volume_ml:.0f} ml; burden {measurements.tumour_burden_pct:.1f} %"]
+    if measurements.lesions:
+        big = measurements.lesions[0]
+        lines.append(f"Largest lesion {big.longest_diameter_mm:.1f} mm, viable "
+                     f"{big.viable_diameter_mm:.1f} mm")
+    return lines
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _summary(study_uid: str, inputs: _Inputs, measurements: StudyMeasurements, bundle: Bundle,
+             providers: list[str], timings: dict[str, float], files: list[Path],
+             model_timings: dict[str, float]) -> dict[str, Any]:
+    return {
+        "study_instance_uid": study_uid,
+        "pipeline_version": pipeline_version(bundle),
+        "research_use": RESEARCH_USE_TEXT,
+        "model": {"name": bundle.name, "version": bundle.version, "providers": providers},
+        "series": [item.summary for item in inputs.labelled],
+        "inputs": {p: {"series_uid": inputs.used_series[p], "reason": r}
+                   for p, r in inputs.choices.items()},
+        "measurements": {
+            "liver_volume_ml": round(measurements.liver_volume_ml, 2),
+            "tumour_volume_ml": round(measurements.tumour_volume_ml, 2),
+            "tumour_burden_pct": round(measurements.tumour_burden_pct, 3),
+            "lesions": [_lesion_json(lesion) for lesion in measurements.lesions],
+        },
+        "timings_s": {**timings, **{f"segment/{k}": round(v, 4) for k, v in
+                                    model_timings.items()}},
+        "files": [p.name for p in files],
+    }
+
+
+def _lesion_json(lesion: Any) -> dict[str, Any]:
+    data = asdict(lesion)
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in data.items()
+            if k in ("label", "volume_ml", "longest_diameter_mm", "viable_diameter_mm",
+                     "centroid_zyx", "voxel_count", "mean_probability")}
