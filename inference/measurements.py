@@ -72,8 +72,11 @@ def measure(labels: npt.NDArray[np.integer], spacing_xyz: Sequence[float],
 
     Viable tumour (mRECIST) is where the arterial phase exceeds the liver parenchyma's median
     arterial intensity (labels 1 only, or ``liver_reference`` when given) by ``viable_margin``
-    of that reference. ``connectivity`` 3 (26-neighbours) keeps a lesion whole on thick slices,
-    where its cross-sections in adjacent slices often touch only diagonally. ``origin_xyz`` and
+    of that reference. The viable diameter is the same Feret measure on the viable voxels, so
+    for a rim-enhancing lesion with a central necrotic core it spans the core (mRECIST says
+    not to); a chord-must-stay-in-viable-tissue measure is not implemented.
+    ``connectivity`` 3 (26-neighbours) keeps a lesion whole on thick slices, where its
+    cross-sections in adjacent slices often touch only diagonally. ``origin_xyz`` and
     ``direction`` (row-major 3x3, columns the x, y, z axes) give centroids in patient LPS mm.
     """
     _check_shapes(labels, arterial, tumour_probability)

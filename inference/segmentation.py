@@ -162,16 +162,17 @@ def postprocess(labels: LabelArray, spacing_xyz: Sequence[float],
                 organ_margin_mm: float = DEFAULT_ORGAN_MARGIN_MM) -> LabelArray:
     """Clean a raw label map with what is known of livers and lesions.
 
-    There is one liver: the largest connected liver+tumour component. Tumour outside it is
-    kept only within ``organ_margin_mm`` (exophytic lesions can be cut off by a thin
-    misclassified rim). Tumour components under ``min_lesion_ml`` are below what the model
-    and the criteria can measure, and become liver (or background outside the organ).
+    There is one liver: the largest connected liver+tumour component. A tumour component
+    outside it is kept (whole) when it comes within ``organ_margin_mm`` of it: exophytic
+    lesions can be cut off from the liver by a thin misclassified rim. Tumour components
+    under ``min_lesion_ml`` are below what the model and the criteria can measure, and
+    become liver (or background outside the organ).
     """
     organ = _largest_component(labels > 0)
     out = np.zeros(labels.shape, dtype=np.uint8)
     if not organ.any():
         return out
-    tumour = (labels == TUMOUR) & _near(organ, spacing_xyz, organ_margin_mm)
+    tumour = _touching(labels == TUMOUR, _near(organ, spacing_xyz, organ_margin_mm))
     out[organ] = LIVER
     out[tumour] = TUMOUR
     small = _small_components(tumour, spacing_xyz, min_lesion_ml)
@@ -187,6 +188,14 @@ def _largest_component(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     return np.asarray(components == int(np.argmax(sizes)))
+
+
+def _touching(mask: npt.NDArray[np.bool_],
+              region: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """The connected components of ``mask`` that have at least one voxel in ``region``."""
+    components, _ = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
+    keep = np.unique(components[region & mask])
+    return np.isin(components, keep[keep > 0])
 
 
 def _near(organ: npt.NDArray[np.bool_], spacing_xyz: Sequence[float],

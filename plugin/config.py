@@ -128,7 +128,7 @@ _HELP: dict[str, str] = {
     "pipeline.max_attempts": "Attempts per job before it is marked dead.",
     "pipeline.bundle_dirs": "Extra folders searched for model bundles.",
     "pipeline.series_number_base": "Result series are numbered from here (never random).",
-    "pipeline.providers": "ONNX Runtime providers in order; empty = best available (TensorRT, CUDA, CPU).",
+    "pipeline.providers": "ONNX Runtime providers, in order; empty = best of TensorRT, CUDA, CPU.",
 }
 
 
@@ -233,16 +233,21 @@ def _read_env(env: Mapping[str, str]) -> dict[str, _Raw]:
 def _check_known(section: str, key: str, source: str) -> None:
     valid = [item.name for item in fields(_SECTIONS[section])]
     if key not in valid:
-        raise _unknown(f"{section}.{key}", [f"{section}.{name}" for name in valid], source, "key")
+        raise _unknown(key, valid, source, "key", section=section)
 
 
-def _unknown(name: str, valid: list[str], source: str, what: str) -> ConfigError:
-    """An unknown name, with the nearest valid one suggested (typos are the usual cause)."""
+def _unknown(name: str, valid: list[str], source: str, what: str, section: str = "") -> ConfigError:
+    """An unknown name, with the nearest valid one suggested (typos are the usual cause).
+
+    Names are compared without their section, which would otherwise make any key look close.
+    """
+    prefix = f"{section}." if section else ""
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-    hint = f"did you mean '{close[0]}'? " if close else ""
+    hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+    listed = ", ".join(prefix + item for item in valid)
     return ConfigError(
-        f"unknown {what} '{name}' (from {source}); {hint}valid: {', '.join(valid)}",
-        key=name,
+        f"unknown {what} '{prefix}{name}' (from {source}); {hint}valid: {listed}",
+        key=prefix + name,
         source=source,
     )
 
@@ -402,7 +407,8 @@ def _check_ae(value: object) -> str | None:
 
 
 def _check_callers(value: object) -> str | None:
-    assert isinstance(value, tuple)
+    if not isinstance(value, tuple):
+        return "a list of AE titles"
     for title in value:
         problem = _check_ae(title)
         if problem is not None:

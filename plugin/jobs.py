@@ -28,7 +28,7 @@ from rich.console import JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["SCHEMA_VERSION", "Job", "JobQueue", "JobStateError", "JobState", "format_jobs_table"]
+__all__ = ["SCHEMA_VERSION", "Job", "JobQueue", "JobState", "JobStateError", "format_jobs_table"]
 
 
 class JobState(StrEnum):
@@ -153,7 +153,11 @@ class JobQueue:
             connection.close()
             raise RuntimeError(f"{self.database}: SQLite refused WAL mode (got {mode!r})")
         connection.execute("PRAGMA synchronous = FULL")
-        _migrate(connection, self.database)
+        try:
+            _migrate(connection, self.database)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     @contextmanager
@@ -165,7 +169,8 @@ class JobQueue:
             try:
                 yield connection
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:  # SQLite may already have rolled back
+                    connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
 
@@ -322,9 +327,7 @@ class JobQueue:
                 " ORDER BY id",
                 (self.pipeline_version,),
             ).fetchall()
-            return [
-                self._leave_run(db, row, _interrupted(row), max_attempts, now) for row in rows
-            ]
+            return [self._leave_run(db, row, _interrupted(row), max_attempts, now) for row in rows]
 
     def _leave_run(
         self, db: sqlite3.Connection, row: sqlite3.Row, error: str, max_attempts: int, now: float
@@ -383,7 +386,8 @@ class JobQueue:
         self, db: sqlite3.Connection, job_id: int, allowed: tuple[JobState, ...], action: str
     ) -> sqlite3.Row:
         """The job's row, provided it is in a state that ``action`` may leave."""
-        row: sqlite3.Row | None = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        query = "SELECT * FROM jobs WHERE id = ?"
+        row: sqlite3.Row | None = db.execute(query, (job_id,)).fetchone()
         if row is None:
             raise KeyError(f"no job {job_id} in {self.database}")
         if JobState(row["state"]) not in allowed:
@@ -437,7 +441,8 @@ def _migrate(connection: sqlite3.Connection, database: Path) -> None:
                     connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {number}")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_io.series import GeometryError, SeriesInstances, load_study, series_to_volume
+from dicom_io.series import GeometryError, load_study, series_to_volume
 from dicom_io.volume import Volume, resample_like
 from export.common import RESEARCH_USE_TEXT, AlgorithmInfo, ResultIdentity
 from export.sc.sop import build_heatmap_image
@@ -253,8 +253,9 @@ def _heatmap_slice(seg: SegmentationResult, measurements: StudyMeasurements) -> 
 
 
 def _caption(measurements: StudyMeasurements) -> list[str]:
-    lines = [f"Tumour probability; {len(measurements.lesions)} lesion(s); liver "
-             f"{measurements.liver_volume_ml:.0f} ml; burden {measurements.tumour_burden_pct:.1f} %"]
+    m = measurements
+    lines = [f"Tumour probability; {len(m.lesions)} lesion(s); liver "
+             f"{m.liver_volume_ml:.0f} ml; burden {m.tumour_burden_pct:.1f} %"]
     if measurements.lesions:
         big = measurements.lesions[0]
         lines.append(f"Largest lesion {big.longest_diameter_mm:.1f} mm, viable "

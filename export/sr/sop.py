@@ -151,7 +151,7 @@ def _lesion_group(
     ]
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(segmentation, segment_number, f"Lesion {lesion.label}"),
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, segment_number),
+        referenced_segment=_referenced_segment(segmentation, segment_number),
         finding_type=codes.LESION_FINDING_TYPE,
         finding_category=codes.LESION_FINDING_CATEGORY,
         finding_sites=[hd.sr.FindingSite(codes.FINDING_SITE_LIVER)],
@@ -173,14 +173,38 @@ def _liver_group(
     ]
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(segmentation, LIVER_SEGMENT_NUMBER, "Liver"),
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
-            segmentation, LIVER_SEGMENT_NUMBER
-        ),
+        referenced_segment=_referenced_segment(segmentation, LIVER_SEGMENT_NUMBER),
         finding_type=codes.LIVER_FINDING_TYPE,
         finding_category=codes.LIVER_FINDING_CATEGORY,
         finding_sites=[hd.sr.FindingSite(codes.FINDING_SITE_LIVER)],
         algorithm_id=algorithm_id,
         measurements=measurements,
+    )
+
+
+def _referenced_segment(segmentation: Dataset, segment_number: int) -> hd.sr.ReferencedSegment:
+    """Reference to one segment and to the source images its frames derive from.
+
+    Not ``ReferencedSegment.from_segmentation``: highdicom 0.28 looks for the
+    segment number only in the per-frame groups, but a SEG with a single
+    segment (a liver without lesions) carries it in the shared groups.
+    """
+    shared = segmentation.SharedFunctionalGroupsSequence[0]
+    sources: dict[str, str] = {}
+    for frame in segmentation.PerFrameFunctionalGroupsSequence:
+        identification = frame.get("SegmentIdentificationSequence") or shared.get(
+            "SegmentIdentificationSequence"
+        )
+        if int(identification[0].ReferencedSegmentNumber) != segment_number:
+            continue
+        for derivation in frame.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                sources[source.ReferencedSOPInstanceUID] = source.ReferencedSOPClassUID
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=segmentation.SOPClassUID,
+        sop_instance_uid=segmentation.SOPInstanceUID,
+        segment_number=segment_number,
+        source_images=[hd.sr.SourceImageForSegmentation(c, u) for u, c in sources.items()],
     )
 
 

@@ -274,8 +274,9 @@ def _compare(
     common = sorted(set(a.patient_ids) & set(b.patient_ids))
     if len(common) < 4:
         raise EvaluationError(f"--compare: only {len(common)} patients scored by both models")
-    ia = [a.patient_ids.index(p) for p in common]
-    ib = [b.patient_ids.index(p) for p in common]
+    pos_a = {p: i for i, p in enumerate(a.patient_ids)}
+    pos_b = {p: i for i, p in enumerate(b.patient_ids)}
+    ia, ib = [pos_a[p] for p in common], [pos_b[p] for p in common]
     if a.classes is None:
         return (disc.delong_test(a.scores[ia], b.scores[ib], a.positive[ia], pair),)
     return tuple(

@@ -86,3 +86,17 @@ def test_cli_reports_errors_with_exit_status(cohort_files: dict[str, Path], tmp_
                    "integrated", "nope", "--label", "dcb"])
     assert args.func(args) == evaluate_cli.EXIT_BAD_INPUT
     assert "no model 'nope'" in capsys.readouterr().err
+
+
+def test_package_boundaries() -> None:
+    """inference.evaluation stays out of the DICOM, export and plugin rooms."""
+    import subprocess
+    import sys
+
+    code = ("import sys, inference.evaluation; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'dicom_io', 'export', 'plugin'}))")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=root, check=True)
+    assert done.stdout.strip() == "[]"

@@ -17,6 +17,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 N_SLICES, ROWS, COLS = 8, 64, 64
+
+
 @pytest.fixture(autouse=True, scope="session")
 def strict_pydicom() -> Iterator[None]:
     """Raise on invalid values when reading and writing, as highdicom's tests do."""
@@ -94,5 +96,3 @@ def lesions() -> list[Lesion]:
         Lesion(1, 0.756, 14.2, 9.5, (2.5, 23.5, 23.0)),
         Lesion(2, 0.567, 12.1, 0.0, (4.5, 37.5, 36.0)),
     ]
-
-

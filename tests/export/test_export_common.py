@@ -51,7 +51,7 @@ def test_frozen_lesion_record_satisfies_protocol() -> None:
     assert lesion.label == 1
 
 
-def test_require_same_study_rejects_mixed_studies(source_images: list) -> None:
+def test_require_same_study_rejects_mixed_studies(source_images: list[Dataset]) -> None:
     other = copy.deepcopy(source_images[0])
     other.StudyInstanceUID = "1.2.3.4"
     with pytest.raises(ValueError, match="2 studies"):

@@ -48,13 +48,23 @@ def _mask(seg: hd.seg.Segmentation, sources: list[Dataset], segment: int) -> np.
 
 @needs_dciodvfy
 @pytest.mark.dcmtk
-def test_seg_passes_dciodvfy(source_images, liver_mask, lesion_labels, tmp_path) -> None:
+def test_seg_passes_dciodvfy(
+    source_images: list[Dataset],
+    liver_mask: npt.NDArray[np.bool_],
+    lesion_labels: npt.NDArray[np.int16],
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "seg.dcm"
     _build(source_images, liver_mask, lesion_labels).save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
 
 
-def test_seg_masks_round_trip(source_images, liver_mask, lesion_labels, tmp_path) -> None:
+def test_seg_masks_round_trip(
+    source_images: list[Dataset],
+    liver_mask: npt.NDArray[np.bool_],
+    lesion_labels: npt.NDArray[np.int16],
+    tmp_path: Path,
+) -> None:
     seg = _read(_build(source_images, liver_mask, lesion_labels), tmp_path)
     assert seg.segmentation_type == hd.seg.SegmentationTypeValues.BINARY
     assert seg.get_segment_numbers() == [1, 2, 3]
@@ -64,7 +74,12 @@ def test_seg_masks_round_trip(source_images, liver_mask, lesion_labels, tmp_path
         np.testing.assert_array_equal(got, lesion_labels == label)
 
 
-def test_seg_describes_segments(source_images, liver_mask, lesion_labels, tmp_path) -> None:
+def test_seg_describes_segments(
+    source_images: list[Dataset],
+    liver_mask: npt.NDArray[np.bool_],
+    lesion_labels: npt.NDArray[np.int16],
+    tmp_path: Path,
+) -> None:
     seg = _read(_build(source_images, liver_mask, lesion_labels), tmp_path)
     liver = seg.get_segment_description(1)
     assert liver.segment_label == "Liver"
@@ -79,7 +94,12 @@ def test_seg_describes_segments(source_images, liver_mask, lesion_labels, tmp_pa
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("hepatica-liver-seg", "0.1.0")
 
 
-def test_seg_identity_and_disclaimer(source_images, liver_mask, lesion_labels, tmp_path) -> None:
+def test_seg_identity_and_disclaimer(
+    source_images: list[Dataset],
+    liver_mask: npt.NDArray[np.bool_],
+    lesion_labels: npt.NDArray[np.int16],
+    tmp_path: Path,
+) -> None:
     built = _build(source_images, liver_mask, lesion_labels)
     seg = _read(built, tmp_path)
     assert seg.StudyInstanceUID == source_images[0].StudyInstanceUID
@@ -97,7 +117,11 @@ def test_seg_identity_and_disclaimer(source_images, liver_mask, lesion_labels, t
     )
 
 
-def test_seg_omits_empty_frames(source_images, liver_mask, lesion_labels) -> None:
+def test_seg_omits_empty_frames(
+    source_images: list[Dataset],
+    liver_mask: npt.NDArray[np.bool_],
+    lesion_labels: npt.NDArray[np.int16],
+) -> None:
     seg = _build(source_images, liver_mask, lesion_labels)
     # liver on 6 slices, each lesion on 2: 10 frames, not 3 x 8.
     assert seg.NumberOfFrames == 10
@@ -105,7 +129,9 @@ def test_seg_omits_empty_frames(source_images, liver_mask, lesion_labels) -> Non
 
 @needs_dciodvfy
 @pytest.mark.dcmtk
-def test_seg_without_lesions(source_images, liver_mask, tmp_path) -> None:
+def test_seg_without_lesions(
+    source_images: list[Dataset], liver_mask: npt.NDArray[np.bool_], tmp_path: Path
+) -> None:
     none = np.zeros(liver_mask.shape, dtype=np.int16)
     path = tmp_path / "seg0.dcm"
     _build(source_images, liver_mask, none).save_as(path, enforce_file_format=True)
@@ -115,12 +141,20 @@ def test_seg_without_lesions(source_images, liver_mask, tmp_path) -> None:
     np.testing.assert_array_equal(_mask(seg, source_images, 1), liver_mask)
 
 
-def test_seg_rejects_gaps_in_lesion_labels(source_images, liver_mask, lesion_labels) -> None:
+def test_seg_rejects_gaps_in_lesion_labels(
+    source_images: list[Dataset],
+    liver_mask: npt.NDArray[np.bool_],
+    lesion_labels: npt.NDArray[np.int16],
+) -> None:
     gappy = np.where(lesion_labels == 2, 3, lesion_labels).astype(np.int16)
     with pytest.raises(ValueError, match="without gaps"):
         _build(source_images, liver_mask, gappy)
 
 
-def test_seg_rejects_wrong_shape(source_images, liver_mask, lesion_labels) -> None:
+def test_seg_rejects_wrong_shape(
+    source_images: list[Dataset],
+    liver_mask: npt.NDArray[np.bool_],
+    lesion_labels: npt.NDArray[np.int16],
+) -> None:
     with pytest.raises(ValueError, match="shape"):
         _build(source_images, liver_mask[:-1], lesion_labels)

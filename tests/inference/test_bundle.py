@@ -48,7 +48,7 @@ def test_model_file_defaults_to_the_only_onnx(tmp_path: Path) -> None:
     write_bundle_toml(tmp_path, model_file=None)
     assert load_bundle(tmp_path).model_file.name == "weights.onnx"
     write_scale_model(tmp_path / "second.onnx")
-    with pytest.raises(BundleError, match="model_file.*2 .onnx files"):
+    with pytest.raises(BundleError, match=r"model_file.*2 \.onnx files"):
         load_bundle(tmp_path)
 
 
@@ -77,7 +77,7 @@ def test_bad_key_is_named(bundle_dir: Path, old: str, new: str, key: str) -> Non
 
 
 def test_missing_or_invalid_file(tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="bundle.toml: not found"):
+    with pytest.raises(BundleError, match=r"bundle\.toml: not found"):
         load_bundle(tmp_path)
     (tmp_path / "bundle.toml").write_text("name = ")
     with pytest.raises(BundleError, match="not valid TOML"):

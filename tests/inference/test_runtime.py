@@ -134,5 +134,5 @@ def test_registry_dispatches_by_file(tmp_path: Path, fake_runtime: Runtime) -> N
 
 
 def test_unknown_file_is_refused() -> None:
-    with pytest.raises(LookupError, match="no runtime accepts model.pt"):
+    with pytest.raises(LookupError, match=r"no runtime accepts model\.pt"):
         runtime_for("model.pt")

@@ -12,7 +12,7 @@ from inference.sliding_window import importance_map, sliding_window_predict, win
 
 def toy_predictor(tiles: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
     """Depends on the position inside the patch and on the whole patch, so blending matters."""
-    b, _, pz, py, px = tiles.shape
+    pz, py, px = tiles.shape[2:]
     ramp = np.linspace(0.0, 1.0, pz * py * px, dtype=np.float32).reshape(pz, py, px)
     mean = tiles.mean(axis=(1, 2, 3, 4), keepdims=True)[:, 0]
     out = np.stack([tiles[:, 0] * ramp, tiles[:, 1] + mean, np.sin(tiles.sum(axis=1))], axis=1)

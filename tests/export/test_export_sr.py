@@ -1,0 +1,209 @@
+"""export.sr: TID 1500 report, judged by dciodvfy and highdicom's reader."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from export_testutils import (
+    ALGORITHM,
+    SOFTWARE_VERSIONS,
+    Lesion,
+    dciodvfy_errors,
+    needs_dciodvfy,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from export.common import RESEARCH_USE_TEXT, ResultIdentity
+from export.seg import build_segmentation
+from export.sr import build_measurement_report
+from export.sr import codes as sr_codes
+
+EXTRA = (("Input series", "AP 1.2.3.4"), ("Model input", "AP+PVP"))
+
+
+@pytest.fixture()
+def segmentation(source_images, liver_mask, lesion_labels) -> hd.seg.Segmentation:
+    ident = ResultIdentity.derive(source_images[0].StudyInstanceUID, "0.1.0", "seg", 901)
+    return build_segmentation(
+        source_images,
+        liver_mask,
+        lesion_labels,
+        series_instance_uid=ident.series_instance_uid,
+        sop_instance_uid=ident.sop_instance_uid,
+        series_number=901,
+        algorithm=ALGORITHM,
+        software_versions=SOFTWARE_VERSIONS,
+    )
+
+
+def _build(
+    sources: list[Dataset], seg: Dataset, lesions: Sequence[Lesion]
+) -> hd.sr.Comprehensive3DSR:
+    ident = ResultIdentity.derive(sources[0].StudyInstanceUID, "0.1.0", "sr", 902)
+    return build_measurement_report(
+        sources,
+        seg,
+        lesions,
+        liver_volume_ml=1520.5,
+        tumour_burden_pct=0.09,
+        series_instance_uid=ident.series_instance_uid,
+        sop_instance_uid=ident.sop_instance_uid,
+        series_number=902,
+        algorithm=ALGORITHM,
+        software_versions=SOFTWARE_VERSIONS,
+        extra_text=EXTRA,
+    )
+
+
+def _read(sr: Dataset, tmp_path: Path) -> hd.sr.Comprehensive3DSR:
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    result = hd.sr.srread(path)
+    assert isinstance(result, hd.sr.Comprehensive3DSR)
+    return result
+
+
+def _report(sr: hd.sr.Comprehensive3DSR) -> hd.sr.MeasurementReport:
+    return hd.sr.MeasurementReport.from_sequence([sr])
+
+
+def _value(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations, name: object) -> tuple:
+    (measurement,) = group.get_measurements(name=name)  # type: ignore[arg-type]
+    return measurement.value, measurement.unit.value
+
+
+def _texts(sr: Dataset) -> list[str]:
+    (container,) = [
+        item
+        for item in sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "C0034375"
+    ]
+    return [item.TextValue for item in container.ContentSequence]
+
+
+@needs_dciodvfy
+@pytest.mark.dcmtk
+def test_sr_passes_dciodvfy(
+    source_images: list[Dataset],
+    segmentation: hd.seg.Segmentation,
+    lesions: list[Lesion],
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sr.dcm"
+    _build(source_images, segmentation, lesions).save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+
+
+def test_sr_lesion_groups_round_trip(
+    source_images: list[Dataset],
+    segmentation: hd.seg.Segmentation,
+    lesions: list[Lesion],
+    tmp_path: Path,
+) -> None:
+    report = _report(_read(_build(source_images, segmentation, lesions), tmp_path))
+    groups = report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Neoplasm)
+    assert [g.tracking_identifier for g in groups] == ["Lesion 1", "Lesion 2"]
+    for group, lesion in zip(groups, lesions, strict=True):
+        assert _value(group, codes.SCT.Volume) == (pytest.approx(lesion.volume_ml), "ml")
+        assert _value(group, codes.SCT.LongAxis) == (
+            pytest.approx(lesion.longest_diameter_mm),
+            "mm",
+        )
+        viable = _value(group, sr_codes.VIABLE_DIAMETER)
+        assert viable == (pytest.approx(lesion.viable_diameter_mm), "mm")
+        assert group.finding_sites[0].value == codes.SCT.Liver
+        segment = group.referenced_segment
+        assert segment is not None
+        assert segment.referenced_sop_instance_uid == segmentation.SOPInstanceUID
+        assert segment.referenced_segment_numbers == [lesion.label + 1]
+
+
+def test_sr_liver_group(
+    source_images: list[Dataset],
+    segmentation: hd.seg.Segmentation,
+    lesions: list[Lesion],
+    tmp_path: Path,
+) -> None:
+    report = _report(_read(_build(source_images, segmentation, lesions), tmp_path))
+    (liver,) = report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Liver)
+    assert _value(liver, codes.SCT.Volume) == (pytest.approx(1520.5), "ml")
+    assert _value(liver, sr_codes.TUMOUR_BURDEN) == (pytest.approx(0.09), "%")
+    assert liver.referenced_segment is not None
+    assert liver.referenced_segment.referenced_segment_numbers == [1]
+
+
+def test_sr_identity_text_and_evidence(
+    source_images: list[Dataset],
+    segmentation: hd.seg.Segmentation,
+    lesions: list[Lesion],
+    tmp_path: Path,
+) -> None:
+    built = _build(source_images, segmentation, lesions)
+    sr = _read(built, tmp_path)
+    assert sr.StudyInstanceUID == source_images[0].StudyInstanceUID
+    assert sr.Manufacturer == "Hepatica"
+    assert sr.SoftwareVersions == SOFTWARE_VERSIONS
+    assert "Hepatica" in sr.SeriesDescription
+    assert _texts(sr) == [RESEARCH_USE_TEXT, "Input series: AP 1.2.3.4", "Model input: AP+PVP"]
+    evidence = {sop_uid for _, _, sop_uid, _ in sr.get_evidence()}
+    expected = {ds.SOPInstanceUID for ds in source_images} | {segmentation.SOPInstanceUID}
+    assert evidence == expected
+    again = _build(source_images, segmentation, lesions)
+    assert again.SOPInstanceUID == built.SOPInstanceUID
+    uids = [g.tracking_uid for g in _report(sr).get_volumetric_roi_measurement_groups()]
+    assert uids == [g.tracking_uid for g in _report(again).get_volumetric_roi_measurement_groups()]
+
+
+def test_sr_names_the_algorithm(
+    source_images: list[Dataset],
+    segmentation: hd.seg.Segmentation,
+    lesions: list[Lesion],
+    tmp_path: Path,
+) -> None:
+    sr = _read(_build(source_images, segmentation, lesions), tmp_path)
+    observers = _report(sr).get_observer_contexts(observer_type=codes.DCM.Device)
+    assert observers[0].observer_identifying_attributes.name == "hepatica-liver-seg"
+
+
+@needs_dciodvfy
+@pytest.mark.dcmtk
+def test_sr_without_lesions(
+    source_images: list[Dataset], liver_mask: npt.NDArray[np.bool_], tmp_path: Path
+) -> None:
+    seg = build_segmentation(
+        source_images,
+        liver_mask,
+        np.zeros(liver_mask.shape, dtype=np.int16),
+        series_instance_uid="1.2.826.0.1.3680043.8.498.1",
+        sop_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        series_number=901,
+        algorithm=ALGORITHM,
+        software_versions=SOFTWARE_VERSIONS,
+    )
+    path = tmp_path / "sr0.dcm"
+    _build(source_images, seg, []).save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    report = _report(hd.sr.srread(path))
+    assert report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Neoplasm) == []
+    assert len(report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Liver)) == 1
+
+
+def test_sr_rejects_lesion_missing_from_seg(
+    source_images: list[Dataset], segmentation: hd.seg.Segmentation, lesions: list[Lesion]
+) -> None:
+    stray = Lesion(7, 1.0, 1.0, 1.0, (0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match=r"lacks segments \[8\]"):
+        _build(source_images, segmentation, [*lesions, stray])
+
+
+def test_sr_rejects_nan(
+    source_images: list[Dataset], segmentation: hd.seg.Segmentation, lesions: list[Lesion]
+) -> None:
+    broken = Lesion(1, float("nan"), 1.0, 1.0, (0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="not a finite number"):
+        _build(source_images, segmentation, [broken])
