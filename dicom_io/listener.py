@@ -134,6 +134,30 @@ def _decode(event: Event) -> Dataset:
     return ds
 
 
+def _check_pixel_data(ds: Dataset) -> None:
+    """Refuse an image whose uncompressed pixel data is shorter than its header promises.
+
+    A truncated file (a sender's disk or network fault) otherwise decodes up to the UIDs,
+    is stored, and only breaks the study later when its volume is built.
+    """
+    try:
+        for _element in ds.iterall():  # parse every element: truncation raises here
+            pass
+        if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
+            return
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                    * frames * int(ds.BitsAllocated)) // 8
+        actual = len(ds.PixelData)
+    except Exception as exc:
+        raise StoreRejected(
+            Status.CANNOT_DECODE_DATA_SET, f"cannot decode data set ({type(exc).__name__})"
+        ) from exc
+    if actual < expected:
+        raise StoreRejected(Status.CANNOT_DECODE_DATA_SET,
+                            f"pixel data truncated: {actual} of {expected} bytes")
+
+
 def _check_identity(
     ds: Dataset, context_sop_class: str, requested_sop_uid: str
 ) -> InstanceIdentity:
@@ -234,6 +258,7 @@ class StorageSCP:
 
     def _receive(self, event: Event) -> StoredInstance:
         ds = _decode(event)
+        _check_pixel_data(ds)
         identity = _check_identity(
             ds,
             context_sop_class=str(event.context.abstract_syntax),

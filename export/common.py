@@ -74,8 +74,10 @@ class LesionLike(Protocol):
         """Longest diameter of the whole lesion in millimetres."""
 
     @property
-    def viable_diameter_mm(self) -> float:
-        """Longest diameter of the enhancing (viable) part, as mRECIST measures it."""
+    def viable_diameter_mm(self) -> float | None:
+        """Longest diameter of the enhancing (viable) part, as mRECIST measures it.
+
+        None when no arterial phase was available to tell viable from necrotic tissue."""
 
     @property
     def centroid_zyx(self) -> tuple[float, float, float]:

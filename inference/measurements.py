@@ -60,6 +60,8 @@ class StudyMeasurements:
     tumour_volume_ml: float
     tumour_burden_pct: float
     liver_arterial_reference: float | None = None
+    lesion_labels: npt.NDArray[np.uint16] | None = None
+    """Lesion k of ``lesions`` painted as k on the label grid (0 elsewhere), for the SEG."""
 
 
 def measure(labels: npt.NDArray[np.integer], spacing_xyz: Sequence[float],
@@ -85,12 +87,25 @@ def measure(labels: npt.NDArray[np.integer], spacing_xyz: Sequence[float],
     reference = _arterial_reference(labels, arterial, liver_reference)
     context = _Context(spacing, voxel_ml, arterial, tumour_probability, reference, viable_margin,
                        _affine(spacing, origin_xyz, direction))
+    components = _lesions(labels, connectivity)
     lesions = tuple(_measure_lesion(i + 1, mask, offset, context)
-                    for i, (mask, offset) in enumerate(_lesions(labels, connectivity)))
+                    for i, (mask, offset) in enumerate(components))
     liver_ml = float(np.count_nonzero((labels == LIVER) | (labels == TUMOUR))) * voxel_ml
     tumour_ml = float(np.count_nonzero(labels == TUMOUR)) * voxel_ml
     burden = 100.0 * tumour_ml / liver_ml if liver_ml > 0 else 0.0
-    return StudyMeasurements(lesions, liver_ml, tumour_ml, burden, reference)
+    return StudyMeasurements(lesions, liver_ml, tumour_ml, burden, reference,
+                             _paint(labels.shape, components))
+
+
+def _paint(shape: tuple[int, ...], components: Sequence[tuple[npt.NDArray[np.bool_],
+                                                              tuple[int, int, int]]]
+           ) -> npt.NDArray[np.uint16]:
+    """The numbered lesion map: lesion k (largest first) as value k."""
+    out = np.zeros(shape, np.uint16)
+    for number, (mask, offset) in enumerate(components, start=1):
+        window = tuple(slice(o, o + n) for o, n in zip(offset, mask.shape, strict=True))
+        out[window][mask] = number
+    return out
 
 
 @dataclass(frozen=True)

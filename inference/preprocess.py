@@ -23,10 +23,11 @@ def robust_scale(array: npt.NDArray[np.floating], low_pct: float = 1.0,
     per-site calibration.
     """
     values = np.asarray(array, dtype=np.float32)
-    lo, hi = np.percentile(values, [low_pct, high_pct])
-    span = float(hi - lo) if hi > lo else 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [low_pct, high_pct]))
+    span = hi - lo if hi > lo else 1.0
     scaled = (values - np.float32(lo)) / np.float32(span)
-    return np.clip(scaled, -0.5, 1.5).astype(np.float32)
+    out: FloatArray = np.clip(scaled, -0.5, 1.5).astype(np.float32)
+    return out
 
 
 def zoom_factors(spacing_xyz: Sequence[float], target_xyz: Sequence[float]) -> tuple[float, ...]:
@@ -64,8 +65,10 @@ def _fit_shape(array: FloatArray, shape: tuple[int, ...]) -> FloatArray:
     pads = [(0, max(0, t - s)) for t, s in zip(shape, spatial, strict=True)]
     lead = [(0, 0)] * (array.ndim - 3)
     padded = np.pad(array, [*lead, *pads], mode="edge")
-    slices = tuple(slice(0, t) for t in shape)
-    return padded[(..., *slices)]
+    lead_axes = (slice(None),) * (array.ndim - 3)
+    window = lead_axes + tuple(slice(0, t) for t in shape)
+    out: FloatArray = padded[window]
+    return out
 
 
 def prepare_channels(channels: Sequence[npt.NDArray[np.floating]], spacing_xyz: Sequence[float],

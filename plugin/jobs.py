@@ -290,7 +290,7 @@ class JobQueue:
             row = self._held_row(db, job_id, allowed, f"mark {state}")
             merged = json.loads(row["timings"]) | (timings or {})
             new_error = None if state is JobState.DONE else (error or row["error"])
-            target, attempts = _after_run(row, state, row["attempts"])
+            target, attempts = _after_run(row, state)
             return self._update(
                 db,
                 job_id,
@@ -333,7 +333,7 @@ class JobQueue:
         self, db: sqlite3.Connection, row: sqlite3.Row, error: str, max_attempts: int, now: float
     ) -> Job:
         wanted = JobState.QUEUED if row["attempts"] < max_attempts else JobState.DEAD
-        target, attempts = _after_run(row, wanted, row["attempts"])
+        target, attempts = _after_run(row, wanted)
         return self._update(
             db,
             row["id"],
@@ -363,12 +363,16 @@ class JobQueue:
         states: Iterable[JobState] | None = None,
         limit: int = 100,
         *,
-        all_versions: bool = False,
+        pipeline_version: str | None = None,
     ) -> list[Job]:
-        """Most recently updated first; this pipeline version only unless ``all_versions``."""
+        """Most recently updated first, of every pipeline version unless one is given.
+
+        Every version by default because this is the history ``hepatica jobs`` shows; work
+        selection (``claim``, ``promote_stable``, ``recover``) is what keeps versions apart.
+        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        where, params = _list_filter(states, None if all_versions else self.pipeline_version)
+        where, params = _list_filter(states, pipeline_version)
         query = f"SELECT * FROM jobs{where} ORDER BY updated_at DESC, id DESC LIMIT ?"
         with self._lock:
             rows = self._conn().execute(query, (*params, limit)).fetchall()
@@ -447,11 +451,12 @@ def _migrate(connection: sqlite3.Connection, database: Path) -> None:
     connection.execute("COMMIT")
 
 
-def _after_run(row: sqlite3.Row, wanted: JobState, attempts: int) -> tuple[JobState, int]:
-    """Where a job goes when a run ends: ``wanted``, unless the study changed meanwhile."""
+def _after_run(row: sqlite3.Row, wanted: JobState) -> tuple[JobState, int]:
+    """State and attempts when a run ends: ``wanted``, unless the study changed meanwhile,
+    in which case it goes back (attempts reset) to be processed again."""
     rerun = row["rerun_state"]
     if rerun is None or wanted in _ACTIVE:
-        return wanted, attempts
+        return wanted, row["attempts"]
     return JobState(rerun), 0
 
 

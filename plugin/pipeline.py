@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from dicom_io.series import GeometryError, load_study, series_to_volume
@@ -195,12 +196,12 @@ def _export(inputs: _Inputs, seg: SegmentationResult, measurements: StudyMeasure
     return files
 
 
-def _lesion_label_map(seg: SegmentationResult, measurements: StudyMeasurements) -> np.ndarray:
+def _lesion_label_map(seg: SegmentationResult, measurements: StudyMeasurements
+                      ) -> npt.NDArray[np.uint16]:
     """Lesion k of the measurements as label k (the SEG's segment k + 1)."""
-    out = np.zeros(seg.labels.shape, np.uint16)
-    if measurements.lesion_labels is not None:
-        out[:] = measurements.lesion_labels
-    return out
+    if measurements.lesion_labels is None:
+        return np.zeros(seg.labels.shape, np.uint16)
+    return measurements.lesion_labels
 
 
 def _provenance_text(inputs: _Inputs) -> list[tuple[str, str]]:

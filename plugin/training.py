@@ -135,7 +135,10 @@ def _diameter_errors(phantom: Phantom, lesions: Sequence[Any]) -> list[float]:
     """|measured − true| longest diameter for truth lesions ≥ 10 mm, matched by centroid."""
     errors = []
     for truth in phantom.lesions:
-        if truth.longest_diameter_mm < 10 or not lesions:
+        if truth.longest_diameter_mm < 10:
+            continue
+        if not lesions:  # a missed lesion counts as measured 0 mm
+            errors.append(truth.longest_diameter_mm)
             continue
         nearest = min(lesions, key=lambda m: float(np.linalg.norm(
             np.subtract(m.centroid_zyx, truth.centroid_zyx) * phantom.spacing[::-1])))

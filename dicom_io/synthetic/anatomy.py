@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from dicom_io.synthetic import contrast
+from dicom_io.synthetic import contrast, lesions, render
 
 Mask = npt.NDArray[np.bool_]
 Grid = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]
@@ -35,10 +35,55 @@ class PhantomSpec:
     lesion_count: tuple[int, int] = (1, 3)
     lesion_diameter_mm: tuple[float, float] = (16.0, 46.0)
     necrosis_probability: float = 0.5
+    # Opt-in features (issue 3). Every default below leaves the output of the shipped
+    # model's training distribution bit-for-bit unchanged; see ``lesions.py``/``render.py``.
+    sequences: tuple[str, ...] | None = None  # None: the four dynamic MR / three CT phases
+    vendor: str | None = None  # "siemens" | "ge" | "philips" | "uih"; None: generic headers
+    packaging: str = "classic"  # "classic" | "dynamic" (one series) | "enhanced" (multi-frame)
+    ignored_series: bool = False  # add localizer, subtraction and MPR series
+    coregistered: bool = True  # False: per-sequence FOV, matrix and slice positions
+    motion_mm: float = 0.0  # largest rigid shift of a series against the arterial grid
+    cirrhosis: bool = False
+    capsule: bool = False
+    mosaic: bool = False
+    margin: str = "regular"  # or "infiltrative"
+    satellites: int = 0
+    pvtt: bool = False
+    feeding_arteries: bool = False
+    peritumoral_enhancement: bool = False
+    tumour_enhancement: float = 1.0  # scale of the tumour's arterial enhancement over PRE
+    washout: bool = True
+    ct_tube_current_ma: float | None = None  # None: the historical fixed noise (200 mA)
+    lesion_plan: tuple[float, ...] | None = None  # planned diameters (mm), largest first
+    necrotic_fraction: float | None = None  # planned necrotic share of planned lesions
+    course: LesionCourse | None = None  # a follow-up: how baseline lesions changed
 
     @property
     def phases(self) -> tuple[str, ...]:
+        if self.sequences is not None:
+            return self.sequences
         return contrast.MR_PHASES if self.modality == "MR" else contrast.CT_PHASES
+
+    @property
+    def is_default_drawing(self) -> bool:
+        """True when the pixels come out exactly as for the historical generator."""
+        return render.is_default_drawing(self)
+
+
+@dataclass(frozen=True)
+class LesionCourse:
+    """How each baseline lesion looks at a follow-up time point (index 1, 2, …).
+
+    ``diameter_scale`` and ``viable_fraction`` are per baseline lesion (largest first in
+    lesion order); ``viable_fraction`` is the enhancing diameter over the whole diameter,
+    0 meaning fully necrotic. ``new_lesions`` are placed away from the others.
+    """
+
+    index: int
+    diameter_scale: tuple[float, ...]
+    viable_fraction: tuple[float, ...]
+    new_lesions: int = 0
+    lipiodol: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +112,9 @@ class Phantom:
     origin: tuple[float, float, float]
     lesions: tuple[LesionTruth, ...]
     direction: tuple[float, ...] = field(default=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    # per-series grid when not co-registered (empty: every phase on the arterial grid)
+    geometry: dict[str, render.SeriesGeometry] = field(default_factory=dict)
+    findings: dict[str, object] = field(default_factory=dict)  # PVTT, capsule, … as drawn
 
 
 def make_phantom(seed: int = 0, spec: PhantomSpec | None = None) -> Phantom:
@@ -79,9 +127,16 @@ def make_phantom(seed: int = 0, spec: PhantomSpec | None = None) -> Phantom:
     grid = _grid(spec, spacing, origin)
     tissues = _anatomy(grid, rng)
     liver_core = ndimage.binary_erosion(tissues["liver"], iterations=4)
-    lesion_labels, necrosis = _lesions(grid, liver_core, spec, rng)
+    # new features draw from their own seeded streams so that the default draws never shift
+    if spec.lesion_plan:
+        lesion_labels, necrosis = lesions.planned_lesions(grid, liver_core, spec, seed)
+    else:
+        lesion_labels, necrosis = _lesions(grid, liver_core, spec, rng)
+    lesion_labels, necrosis = lesions.shape_and_evolve(grid, liver_core, lesion_labels,
+                                                       necrosis, spec, seed)
     tissues["tumour"] = (lesion_labels > 0) & ~necrosis
     tissues["necrosis"] = necrosis
+    findings = lesions.add_findings(grid, tissues, lesion_labels, spec, seed)
     labels = np.zeros(lesion_labels.shape, np.uint8)
     # intrahepatic vessels belong to the organ, as in clinical liver segmentations
     envelope = tissues["liver"] | ((tissues["portal"] | tissues["hepatic_vein"]) & liver_core)
@@ -89,9 +144,17 @@ def make_phantom(seed: int = 0, spec: PhantomSpec | None = None) -> Phantom:
     labels[lesion_labels > 0] = LABEL_TUMOUR
     texture = _smooth_noise(lesion_labels.shape, rng, scale=6, amplitude=0.04)
     bias = _bias_field(grid, rng) if spec.modality == "MR" else np.ones_like(texture)
-    phases = {p: _render(tissues, p, spec.modality, texture, bias, rng) for p in spec.phases}
+    if spec.is_default_drawing:
+        phases = {p: _render(tissues, p, spec.modality, texture, bias, rng)
+                  for p in spec.phases}
+        geometry: dict[str, render.SeriesGeometry] = {}
+    else:
+        texture = lesions.liver_texture(texture, tissues, spec, seed)
+        phases, geometry = render.render_all(tissues, texture, bias, spacing, origin, spec,
+                                             seed)
     truths = _truth(lesion_labels, necrosis, spacing, origin)
-    return Phantom(seed, spec, phases, labels, lesion_labels, spacing, origin, truths)
+    return Phantom(seed, spec, phases, labels, lesion_labels, spacing, origin, truths,
+                   geometry=geometry, findings=findings)
 
 
 def _grid(spec: PhantomSpec, spacing: tuple[float, float, float],
@@ -132,7 +195,9 @@ def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, scale: int,
 
 
 def _anatomy(grid: Grid, rng: np.random.Generator) -> dict[str, Mask]:
-    j = lambda s: float(rng.uniform(-s, s))  # noqa: E731 - a jitter of ±s mm
+    def j(spread: float) -> float:  # a jitter of ±spread mm
+        return float(rng.uniform(-spread, spread))
+
     body_r = _ellipsoid(grid, (0, j(5), 0), (165 + j(12), 118 + j(10), 1e6))
     body = body_r < 1.0
     muscle_wall = (body_r < 1.0) & (body_r > 0.93)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import highdicom as hd
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 __all__ = [
     "CODING_SCHEME",
@@ -34,9 +35,9 @@ __all__ = [
 ]
 
 
-def _cc(code: object) -> hd.sr.CodedConcept:
+def _cc(code: Code) -> hd.sr.CodedConcept:
     """CodedConcept from a pydicom Code (keeps the dictionary's meaning)."""
-    return hd.sr.CodedConcept.from_code(code)  # type: ignore[arg-type]
+    return hd.sr.CodedConcept.from_code(code)
 
 
 PRIVATE_SCHEME = "99HEPATICA"

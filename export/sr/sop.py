@@ -147,8 +147,10 @@ def _lesion_group(
     measurements = [
         _measurement(codes.VOLUME, lesion.volume_ml, codes.UNIT_MILLILITRE),
         _measurement(codes.LONGEST_DIAMETER, lesion.longest_diameter_mm, codes.UNIT_MILLIMETRE),
-        _measurement(codes.VIABLE_DIAMETER, lesion.viable_diameter_mm, codes.UNIT_MILLIMETRE),
     ]
+    if lesion.viable_diameter_mm is not None:  # absent without an arterial phase
+        measurements.append(_measurement(codes.VIABLE_DIAMETER, lesion.viable_diameter_mm,
+                                         codes.UNIT_MILLIMETRE))
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(segmentation, segment_number, f"Lesion {lesion.label}"),
         referenced_segment=_referenced_segment(segmentation, segment_number),

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
+from monai.losses.dice import DiceCELoss
+from monai.networks.nets.unet import UNet
 
 from inference.preprocess import prepare_channels, resample
 
@@ -68,7 +68,7 @@ class _Prepared:
 
 def _prepare(case: TrainingCase, config: SegmentationTrainingConfig) -> _Prepared:
     image = prepare_channels(case.channels, case.spacing_xyz, config.spacing_xyz)
-    labels = resample(case.labels, case.spacing_xyz, config.spacing_xyz, order=0)
+    labels = resample(case.labels.astype(np.float32), case.spacing_xyz, config.spacing_xyz, order=0)
     labels_i = np.rint(labels).astype(np.int64)
     image, labels_i = _pad_to_patch(image, labels_i, config.patch_zyx)
     return _Prepared(image, labels_i, np.argwhere(labels_i == 2),
@@ -118,7 +118,7 @@ def train_segmentation(cases: Iterable[TrainingCase], config: SegmentationTraini
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    started, recent = time.perf_counter(), []
+    started, recent = time.perf_counter(), list[float]()
     model.train()
     for step in range(1, config.steps + 1):
         x, y = _batch(prepared, config, rng)

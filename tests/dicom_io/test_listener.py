@@ -220,3 +220,17 @@ def test_dcmtk_storescu_disallowed_caller(
     assert result.returncode != 0
     assert "reject" in (result.stdout + result.stderr).lower()
     assert recorder.stored == []
+
+
+def test_truncated_pixel_data_is_refused_and_others_kept(
+    scp: StorageSCP, recorder: Recorder, make_series: Any
+) -> None:
+    good, truncated = make_series(2)
+    truncated.PixelData = truncated.PixelData[: len(truncated.PixelData) // 3]
+    assoc = _associate(scp.port)
+    statuses = [int(assoc.send_c_store(ds).Status) for ds in (truncated, good)]
+    assoc.release()
+    assert statuses == [Status.CANNOT_DECODE_DATA_SET, Status.SUCCESS]
+    assert [s.sop_uid for s in recorder.stored] == [good.SOPInstanceUID]
+    reasons = [p.read_text() for p in (scp.spool.root / "_quarantine").glob("*.reason.txt")]
+    assert len(reasons) == 1 and "pixel data truncated" in reasons[0]

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from export_testutils import Lesion
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 import export

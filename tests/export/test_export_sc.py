@@ -72,10 +72,12 @@ def test_sc_header(source_images: list[Dataset], tmp_path: Path) -> None:
 def test_sc_overlay_visible_above_half(source_images: list[Dataset]) -> None:
     """p = 0.9 must change the picture; p = 0.1 must leave it nearly as is."""
     background = source_images[3].pixel_array.astype(np.float64)
-    kwargs = {"title": "AP", "caption_lines": ["x"]}
-    empty = render_heatmap(background, np.zeros((64, 64)), **kwargs).astype(int)
-    high = render_heatmap(background, _probability(0.9), **kwargs).astype(int)
-    low = render_heatmap(background, _probability(0.1), **kwargs).astype(int)
+
+    def draw(level: float) -> npt.NDArray[np.int64]:
+        pixels = render_heatmap(background, _probability(level), title="AP", caption_lines=["x"])
+        return pixels.astype(np.int64)
+
+    empty, high, low = draw(0.0), draw(0.9), draw(0.1)
     assert np.abs(high - empty).sum() > 20 * np.abs(low - empty).sum()
 
 

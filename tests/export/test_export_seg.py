@@ -90,6 +90,7 @@ def test_seg_describes_segments(
     assert lesion.segmented_property_type == codes.SCT.Neoplasm
     assert lesion.segmented_property_category == codes.SCT.MorphologicallyAbnormalStructure
     assert lesion.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+    assert lesion.algorithm_identification is not None
     algorithm = lesion.algorithm_identification[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("hepatica-liver-seg", "0.1.0")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import numpy.typing as npt
 import pytest
 from export_testutils import (
     ALGORITHM,
@@ -17,6 +18,7 @@ from export_testutils import (
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from export.common import RESEARCH_USE_TEXT, ResultIdentity
 from export.seg import build_segmentation
@@ -27,7 +29,11 @@ EXTRA = (("Input series", "AP 1.2.3.4"), ("Model input", "AP+PVP"))
 
 
 @pytest.fixture()
-def segmentation(source_images, liver_mask, lesion_labels) -> hd.seg.Segmentation:
+def segmentation(
+    source_images: list[Dataset],
+    liver_mask: npt.NDArray[np.bool_],
+    lesion_labels: npt.NDArray[np.int16],
+) -> hd.seg.Segmentation:
     ident = ResultIdentity.derive(source_images[0].StudyInstanceUID, "0.1.0", "seg", 901)
     return build_segmentation(
         source_images,
@@ -68,13 +74,20 @@ def _read(sr: Dataset, tmp_path: Path) -> hd.sr.Comprehensive3DSR:
     return result
 
 
-def _report(sr: hd.sr.Comprehensive3DSR) -> hd.sr.MeasurementReport:
+def _report(sr: Dataset) -> hd.sr.MeasurementReport:
     return hd.sr.MeasurementReport.from_sequence([sr])
 
 
-def _value(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations, name: object) -> tuple:
-    (measurement,) = group.get_measurements(name=name)  # type: ignore[arg-type]
-    return measurement.value, measurement.unit.value
+def _check(
+    group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations,
+    name: Code | hd.sr.CodedConcept,
+    expected: float,
+    unit: str,
+) -> None:
+    """The group holds exactly one ``name`` measurement, of ``expected`` ``unit``."""
+    (measurement,) = group.get_measurements(name=name)
+    assert measurement.value == pytest.approx(expected)
+    assert measurement.unit.value == unit
 
 
 def _texts(sr: Dataset) -> list[str]:
@@ -109,13 +122,9 @@ def test_sr_lesion_groups_round_trip(
     groups = report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Neoplasm)
     assert [g.tracking_identifier for g in groups] == ["Lesion 1", "Lesion 2"]
     for group, lesion in zip(groups, lesions, strict=True):
-        assert _value(group, codes.SCT.Volume) == (pytest.approx(lesion.volume_ml), "ml")
-        assert _value(group, codes.SCT.LongAxis) == (
-            pytest.approx(lesion.longest_diameter_mm),
-            "mm",
-        )
-        viable = _value(group, sr_codes.VIABLE_DIAMETER)
-        assert viable == (pytest.approx(lesion.viable_diameter_mm), "mm")
+        _check(group, codes.SCT.Volume, lesion.volume_ml, "ml")
+        _check(group, codes.SCT.LongAxis, lesion.longest_diameter_mm, "mm")
+        _check(group, sr_codes.VIABLE_DIAMETER, lesion.viable_diameter_mm, "mm")
         assert group.finding_sites[0].value == codes.SCT.Liver
         segment = group.referenced_segment
         assert segment is not None
@@ -131,8 +140,8 @@ def test_sr_liver_group(
 ) -> None:
     report = _report(_read(_build(source_images, segmentation, lesions), tmp_path))
     (liver,) = report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Liver)
-    assert _value(liver, codes.SCT.Volume) == (pytest.approx(1520.5), "ml")
-    assert _value(liver, sr_codes.TUMOUR_BURDEN) == (pytest.approx(0.09), "%")
+    _check(liver, codes.SCT.Volume, 1520.5, "ml")
+    _check(liver, sr_codes.TUMOUR_BURDEN, 0.09, "%")
     assert liver.referenced_segment is not None
     assert liver.referenced_segment.referenced_segment_numbers == [1]
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import write_bundle_toml, write_scale_model
+from inference_helpers import write_bundle_toml, write_scale_model
 
 from inference.bundle import Bundle, BundleError, discover_bundles, load_bundle
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_scale_model
+from inference_helpers import write_scale_model
 
 from inference.runtime import (
     CPU,

@@ -234,9 +234,11 @@ def test_versions_are_separate_jobs(database: Path, queue: JobQueue) -> None:
         a = queue.record_instance(UID, new=True)
         b = other.record_instance(UID, new=False)
         assert a.id != b.id and b.instances == 0
-        assert [j.id for j in other.list()] == [b.id]
-        assert {j.id for j in other.list(all_versions=True)} == {a.id, b.id}
+        assert [j.id for j in other.list(pipeline_version="hepatica-0.2.0")] == [b.id]
+        assert {j.id for j in other.list()} == {a.id, b.id}  # history: every version
         assert other.by_study(UID) == b
+        queue.enqueue(UID)
+        assert other.claim() is None  # a worker only takes its own version's jobs
     finally:
         other.close()
 

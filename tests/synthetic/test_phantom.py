@@ -33,7 +33,7 @@ def test_same_seed_same_study() -> None:
 
 
 def test_series_layout_and_uids(mr_study: tuple[Path, object], tmp_path: Path) -> None:
-    out, phantom = mr_study
+    out, _phantom = mr_study
     series = sorted(p.name for p in (out / "dicom").iterdir())
     assert series == ["AP", "DP", "PRE", "PVP"]
     first = pydicom.dcmread(out / "dicom" / "AP" / "0001.dcm")
@@ -74,7 +74,7 @@ def test_ground_truth_matches_dicom_grid_and_pixels(mr_study: tuple[Path, object
     total = sum(lesion["volume_ml"] for lesion in truth["lesions"])
     assert total == pytest.approx((labels == LABEL_TUMOUR).sum() * voxel_ml, rel=1e-6)
     for lesion in truth["lesions"]:
-        z, y, x = (int(round(c)) for c in lesion["centroid_zyx"])
+        z, y, x = (round(c) for c in lesion["centroid_zyx"])
         assert labels[z, y, x] in (LABEL_LIVER, LABEL_TUMOUR)
         assert lesion["viable_diameter_mm"] <= lesion["longest_diameter_mm"] + 1e-6
 
