@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# HEPATICA_SYSTEM_TOOLS: "path:package" pairs; images override it to install less.
+tools=${HEPATICA_SYSTEM_TOOLS-/usr/bin/storescp:dcmtk /usr/bin/dciodvfy:dicom3tools /usr/bin/chromium:chromium /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancPython.so:orthanc-python /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb}
 need_apt=()
-for tool in /usr/bin/storescp:dcmtk /usr/bin/dciodvfy:dicom3tools /usr/bin/chromium:chromium; do
-  [ -x "${tool%%:*}" ] || need_apt+=("${tool##*:}")
+for tool in $tools; do
+  [ -e "${tool%%:*}" ] || need_apt+=("${tool##*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
@@ -18,8 +20,10 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-# torch first and pinned: the CPU build; a looser request would pull GBs of CUDA wheels
+# HEPATICA_EXTRAS: pip extras; images set it empty (serving needs no torch).
+extras=${HEPATICA_EXTRAS-train,evaluate,dev}
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q "torch==2.13.0"
-.venv/bin/pip install -q -e ".[train,evaluate,dev]"
+# torch first and pinned: the CPU build; a looser request would pull GBs of CUDA wheels
+case ",$extras," in *,train,*) .venv/bin/pip install -q "torch==2.13.0" ;; esac
+.venv/bin/pip install -q -e ".${extras:+[$extras]}"
 echo "hepatica installed: $(.venv/bin/hepatica --version)"

@@ -175,10 +175,30 @@ def postprocess(labels: LabelArray, spacing_xyz: Sequence[float],
     tumour = _touching(labels == TUMOUR, _near(organ, spacing_xyz, organ_margin_mm))
     out[organ] = LIVER
     out[tumour] = TUMOUR
+    _fill_holes(out)
+    tumour = out == TUMOUR
     small = _small_components(tumour, spacing_xyz, min_lesion_ml)
     out[small] = 0
     out[small & organ] = LIVER
     return out
+
+
+def _fill_holes(labels: LabelArray) -> None:
+    """The organ is solid: enclosed cavities are tissue of the organ, in place.
+
+    A cavity that touches tumour is tumour (a non-enhancing necrotic part that looks like
+    fluid on every phase); any other is liver (an unlabelled vessel).
+    """
+    organ = labels > 0
+    holes = ndimage.binary_fill_holes(organ) & ~organ
+    if not holes.any():
+        return
+    components, _ = ndimage.label(holes)
+    near_tumour = ndimage.binary_dilation(labels == TUMOUR)
+    tumour_holes = np.unique(components[holes & near_tumour])
+    in_tumour = np.isin(components, tumour_holes[tumour_holes > 0])
+    labels[holes] = LIVER
+    labels[in_tumour] = TUMOUR
 
 
 def _largest_component(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:

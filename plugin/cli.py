@@ -10,11 +10,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from plugin import __version__
+
+if TYPE_CHECKING:
+    from plugin.config import HepaticaConfig
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -26,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the libraries' per-object INFO lines drown the node's own
+        for noisy in ("highdicom", "pynetdicom"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
@@ -56,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_train(sub)
     _add_config(sub)
+    _add_bench(sub)
     from plugin import evaluate_cli
 
     evaluate_cli.add_parser(sub)
@@ -133,6 +141,8 @@ def print_result(summary: dict[str, object], out_dir: Path) -> None:
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the DICOM node: listener, queue, workers, sender")
     p.add_argument("--config", type=Path, help="TOML file (default: $HEPATICA_CONFIG)")
+    p.add_argument("--orthanc", metavar="URL", help="be the worker of an Orthanc running the "
+                   "Hepatica plugin (its REST API, e.g. http://127.0.0.1:8042); no listener")
     p.set_defaults(func=_serve)
 
 
@@ -141,6 +151,8 @@ def _serve(args: argparse.Namespace) -> int:
     from plugin.service import HepaticaService
 
     config = load_config(args.config)
+    if args.orthanc:
+        return _serve_orthanc(config, args.orthanc)
     service = HepaticaService(config)
 
     def terminate(signum: int, frame: FrameType | None) -> None:
@@ -154,6 +166,25 @@ def _serve(args: argparse.Namespace) -> int:
                   f"{config.destination.port}", highlight=False)
     service.run_forever()
     return 0
+
+
+def _serve_orthanc(config: HepaticaConfig, url: str) -> int:
+    from dataclasses import replace
+
+    from plugin.orthanc_worker import OrthancWorker
+
+    config = replace(config, orthanc=replace(config.orthanc, url=url))
+    worker = OrthancWorker(config)
+    signal.signal(signal.SIGTERM, _terminate)
+    worker.start()
+    console.print(f"hepatica {worker.version}: Orthanc worker for {url}, jobs in "
+                  f"{config.database}", highlight=False)
+    worker.run_forever()
+    return 0
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -229,8 +260,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     families = p.add_subparsers(title="family", metavar="FAMILY")
     seg = families.add_parser("segmentation", help="liver + tumour 3-D UNet on phantoms")
     seg.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    seg.add_argument("--cases", type=int, default=32, help="training phantoms")
-    seg.add_argument("--steps", type=int, default=2000)
+    seg.add_argument("--cases", type=int, default=40, help="training phantoms")
+    seg.add_argument("--steps", type=int, default=3000)
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--validation-cases", type=int, default=4)
     seg.set_defaults(func=_train_segmentation)
@@ -270,6 +301,34 @@ def _config(args: argparse.Namespace) -> int:
         sys.stdout.write(default_config_toml())
         return 0
     console.print(load_config(args.config))
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench", help="time the pipeline per step on a phantom (as ratios)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from plugin.bench import bench_pipeline
+
+    with console.status("benchmarking…") as status:
+        report = bench_pipeline(args.runs, args.seed,
+                                progress=lambda what: status.update(what))
+    table = Table(title=f"pipeline per step, median of {args.runs} runs "
+                        f"(reference workload {report['reference_seconds']:.3f} s)")
+    for column in ("step", "seconds", "× reference"):
+        table.add_column(column, justify="right")
+    medians, ratios = report["median_seconds"], report["ratio_to_reference"]
+    assert isinstance(medians, dict) and isinstance(ratios, dict)
+    for step, seconds in medians.items():
+        table.add_row(step, f"{seconds:.3f}", f"{ratios[step]:.1f}")
+    console.print(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
     return 0
 
 

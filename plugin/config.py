@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -27,6 +28,7 @@ __all__ = [
     "DestinationConfig",
     "HepaticaConfig",
     "ListenerConfig",
+    "OrthancConfig",
     "PipelineConfig",
     "default_config_toml",
     "env_var_name",
@@ -73,12 +75,36 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class OrthancConfig:
+    """Hepatica beside an Orthanc server: which studies trigger, and how the worker reaches it.
+
+    The plugin inside Orthanc reads the filters; the worker (``hepatica serve --orthanc``)
+    reads the URL and credentials. Credentials belong in this file (kept private) or in the
+    environment (``HEPATICA_ORTHANC__PASSWORD``), never in code.
+    """
+
+    url: str = "http://127.0.0.1:8042"
+    username: str = ""
+    password: str = ""
+    timeout_seconds: float = 60.0
+    retry_seconds: float = 120.0
+    modalities: tuple[str, ...] = ("MR", "CT")
+    body_parts: tuple[str, ...] = ()
+    description_include: tuple[str, ...] = ()
+    description_exclude: tuple[str, ...] = ()
+    allowed_callers: tuple[str, ...] = ()
+    required_metadata: str = ""
+    required_label: str = ""
+
+
+@dataclass(frozen=True)
 class HepaticaConfig:
     """The whole configuration; derived locations hang off ``data_dir``."""
 
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     destination: DestinationConfig = field(default_factory=DestinationConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    orthanc: OrthancConfig = field(default_factory=OrthancConfig)
     data_dir: Path = Path("hepatica-data")
 
     @property
@@ -107,6 +133,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "listener": ListenerConfig,
     "destination": DestinationConfig,
     "pipeline": PipelineConfig,
+    "orthanc": OrthancConfig,
 }
 _TOP_LEVEL_KEYS = ("data_dir",)
 
@@ -129,6 +156,24 @@ _HELP: dict[str, str] = {
     "pipeline.bundle_dirs": "Extra folders searched for model bundles.",
     "pipeline.series_number_base": "Result series are numbered from here (never random).",
     "pipeline.providers": "ONNX Runtime providers, in order; empty = best of TensorRT, CUDA, CPU.",
+    "orthanc.url": "Orthanc's REST API, as the worker reaches it (`hepatica serve --orthanc`).",
+    "orthanc.username": "HTTP basic-auth user for Orthanc's REST API; empty = no auth.",
+    "orthanc.password": "Its password; prefer the environment variable to writing it here.",
+    "orthanc.timeout_seconds": "Timeout of one REST request to Orthanc.",
+    "orthanc.retry_seconds": "How long the worker keeps retrying while Orthanc is unreachable.",
+    "orthanc.modalities": "A study triggers only with a series of one of these; empty = any.",
+    "orthanc.body_parts": "Body Part Examined values accepted (any series); empty = any.",
+    "orthanc.description_include": (
+        "Regexes, any case: study or series description must match one; [] = any."
+    ),
+    "orthanc.description_exclude": (
+        "Regexes, any case: a study whose description matches one never triggers."
+    ),
+    "orthanc.allowed_callers": "Calling AE titles whose studies trigger; empty = any sender.",
+    "orthanc.required_metadata": "Study metadata a routing rule must set; empty = not needed.",
+    "orthanc.required_label": (
+        "Study label (Orthanc >= 1.12) a routing rule must set; empty = none."
+    ),
 }
 
 
@@ -425,6 +470,28 @@ def _check_names(value: object) -> str | None:
     return None if ok else "a list of non-empty provider names"
 
 
+def _check_url(value: object) -> str | None:
+    scheme, _, rest = value.partition("://") if isinstance(value, str) else ("", "", "")
+    ok = scheme in ("http", "https") and rest.strip("/") != ""
+    return None if ok else "an http:// or https:// URL with a host"
+
+
+def _check_regexes(value: object) -> str | None:
+    if not isinstance(value, tuple):
+        return "a list of regular expressions"
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            return f"a list of valid regular expressions (bad: {pattern!r}: {exc})"
+    return None
+
+
+def _check_words(value: object) -> str | None:
+    ok = isinstance(value, tuple) and all(isinstance(v, str) and v.strip() for v in value)
+    return None if ok else "a list of non-empty strings"
+
+
 def _int_range(low: int, high: int | None, allowed: str) -> Callable[[object], str | None]:
     def check(value: object) -> str | None:
         ok = isinstance(value, int) and value >= low and (high is None or value <= high)
@@ -463,6 +530,14 @@ _CHECKS: dict[str, Callable[[object], str | None]] = {
         1, _MAX_SERIES_NUMBER, f"an integer from 1 to {_MAX_SERIES_NUMBER}"
     ),
     "pipeline.providers": _check_names,
+    "orthanc.url": _check_url,
+    "orthanc.timeout_seconds": _positive,
+    "orthanc.retry_seconds": _non_negative,
+    "orthanc.modalities": _check_words,
+    "orthanc.body_parts": _check_words,
+    "orthanc.description_include": _check_regexes,
+    "orthanc.description_exclude": _check_regexes,
+    "orthanc.allowed_callers": _check_callers,
 }
 
 

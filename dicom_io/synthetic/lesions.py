@@ -46,9 +46,9 @@ def planned_lesions(grid: Grid, liver_core: Mask, spec: PhantomSpec,
     labels = np.zeros(liver_core.shape, np.uint16)
     necrosis = np.zeros(liver_core.shape, bool)
     sampling = _spacing(grid)
-    room = ndimage.distance_transform_edt(liver_core, sampling=sampling)
+    free = ndimage.distance_transform_edt(liver_core, sampling=sampling)
     for diameter in spec.lesion_plan or ():
-        placed = _place(grid, labels, room, diameter / 2, sampling, rng)
+        placed = _place(grid, free, diameter / 2, rng)
         if placed is None:
             continue
         blob, centre, radii = placed
@@ -61,13 +61,23 @@ def planned_lesions(grid: Grid, liver_core: Mask, spec: PhantomSpec,
     return labels, necrosis
 
 
-def _place(grid: Grid, labels: Labels, room: npt.NDArray[np.float64], radius: float,
-           sampling: tuple[float, float, float], rng: np.random.Generator,
-           ) -> tuple[Mask, tuple[float, float, float], tuple[float, float, float]] | None:
-    free = room.copy()
+def _free_space(grid: Grid, room: Mask, labels: Labels) -> npt.NDArray[np.float64]:
+    """Distance (mm) to the edge of ``room`` and to within 4 mm of any existing lesion."""
+    sampling = _spacing(grid)
+    free = np.asarray(ndimage.distance_transform_edt(room, sampling=sampling), np.float64)
     if labels.any():
         free = np.minimum(free, ndimage.distance_transform_edt(labels == 0, sampling=sampling)
                           - 4.0)
+    return free
+
+
+def _place(grid: Grid, free: npt.NDArray[np.float64], radius: float, rng: np.random.Generator,
+           ) -> tuple[Mask, tuple[float, float, float], tuple[float, float, float]] | None:
+    """A lesion of ``radius`` where ``free`` has room; ``free`` is updated in place.
+
+    Placed lesions are excluded analytically (distance to their centre minus radius),
+    which is exact for the bounding sphere and far cheaper than a new distance transform.
+    """
     radius = min(radius, float(free.max()) - 0.5)
     if radius < 2.5:
         return None
@@ -77,6 +87,9 @@ def _place(grid: Grid, labels: Labels, room: npt.NDArray[np.float64], radius: fl
     centre = (float(x[0, 0, i]), float(y[0, j, 0]), float(z[k, 0, 0]))
     radii = (radius, radius * float(rng.uniform(0.8, 1.0)), radius * float(rng.uniform(0.8, 1.0)))
     blob = anatomy._ellipsoid(grid, centre, radii, float(rng.uniform(0, np.pi))) < 1.0
+    z, y, x = grid
+    dist = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+    np.minimum(free, dist - radius - 4.0, out=free)
     return blob, centre, radii
 
 
@@ -113,13 +126,11 @@ def _satellites(grid: Grid, labels: Labels, liver_core: Mask, count: int,
         return labels
     sizes = np.bincount(labels.ravel())[1:]
     main = labels == int(np.argmax(sizes)) + 1
-    sampling = _spacing(grid)
-    near = ndimage.distance_transform_edt(~main, sampling=sampling)
-    room = np.where((near > 6) & (near < 20), ndimage.distance_transform_edt(
-        liver_core & (labels == 0), sampling=sampling), 0.0)
+    near = ndimage.distance_transform_edt(~main, sampling=_spacing(grid))
+    free = np.where((near > 6) & (near < 20), _free_space(grid, liver_core, labels), 0.0)
     out = labels.copy()
     for _ in range(count):
-        placed = _place(grid, out, room, float(rng.uniform(2.5, 4.5)), sampling, rng)
+        placed = _place(grid, free, float(rng.uniform(2.5, 4.5)), rng)
         if placed is not None:
             out[placed[0] & (out == 0)] = out.max() + 1
     return out
@@ -142,17 +153,19 @@ def evolve(grid: Grid, liver_core: Mask, labels: Labels, necrosis: Mask,
         scale = course.diameter_scale[k] if k < len(course.diameter_scale) else 1.0
         viable = course.viable_fraction[k] if k < len(course.viable_fraction) else 1.0
         mask = _scaled(labels == index, scale) & (liver_core | (labels == index))
-        if not mask.any():
-            continue
+        if not mask.any():  # a scar voxel keeps the lesion's index for the follow-up truth
+            mask = np.zeros_like(mask)
+            mask[tuple(round(c) for c in ndimage.center_of_mass(labels == index))] = True
         out[mask & (out == 0)] = index
         core = (_scaled(necrosis & (labels == index), scale) if viable >= 0.999
                 else mask & ~_viable_ball(mask, viable, sampling))
         dead |= core & mask
-    room = ndimage.distance_transform_edt(liver_core, sampling=sampling)
-    for _ in range(course.new_lesions):
-        placed = _place(grid, out, room, float(rng.uniform(6.5, 9.0)), sampling, rng)
-        if placed is not None:
-            out[placed[0] & (out == 0)] = out.max() + 1
+    if course.new_lesions:
+        free = _free_space(grid, liver_core, out)
+        for _ in range(course.new_lesions):
+            placed = _place(grid, free, float(rng.uniform(6.5, 9.0)), rng)
+            if placed is not None:
+                out[placed[0] & (out == 0)] = out.max() + 1
     return out, dead
 
 
@@ -248,7 +261,7 @@ def _thrombus(grid: Grid, tissues: dict[str, Mask], lesion: Mask) -> float:
 def _feeding_artery(grid: Grid, lesion: Mask, rng: np.random.Generator) -> Mask:
     """A tortuous 5-mm artery from the hepatic hilum to the largest tumour's centre."""
     z, y, x = grid
-    k, j, i = (int(round(c)) for c in ndimage.center_of_mass(lesion))
+    k, j, i = (round(c) for c in ndimage.center_of_mass(lesion))
     target = np.array([float(x[0, 0, i]), float(y[0, j, 0]), float(z[k, 0, 0])])
     start = np.array([0.0, 25.0, float(target[2]) - 10.0])
     phase, amp = float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(4.0, 8.0))

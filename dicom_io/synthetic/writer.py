@@ -49,7 +49,16 @@ def _uid(seed: int, *parts: object) -> str:
 
 def write_phantom_study(phantom: Phantom, out_dir: Path, *, study_date: dt.date | None = None,
                         patient_id: str | None = None) -> list[Path]:
-    """Write every phase as a series under ``out_dir/dicom/`` plus ``out_dir/ground_truth/``."""
+    """Write every phase as a series under ``out_dir/dicom/`` plus ``out_dir/ground_truth/``.
+
+    Specs that use an issue-3 feature (vendor, sequences, packaging, …) go to
+    ``study_writer.write_study``; default phantoms are written exactly as they always were.
+    """
+    from dicom_io.synthetic import study_writer
+
+    if study_writer.needs_study_writer(phantom):
+        return study_writer.write_study(phantom, out_dir, study_date=study_date,
+                                        patient_id=patient_id)
     out_dir = Path(out_dir)
     written: list[Path] = []
     base = _study_dataset(phantom, study_date or dt.date(2026, 1, 15), patient_id)
