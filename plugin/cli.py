@@ -26,8 +26,11 @@ err = Console(stderr=True)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
+    from plugin import phantom_cli
+
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(phantom_cli.rewrite_phantom_cohort(
+        sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # the libraries' per-object INFO lines drown the node's own
@@ -75,19 +78,11 @@ def _add_phantom(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("out_dir", type=Path)
     p.add_argument("--modality", choices=("mr", "ct"), default="mr")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_phantom)
+    from plugin import phantom_cli
 
-
-def _phantom(args: argparse.Namespace) -> int:
-    from dicom_io.synthetic import PhantomSpec, make_phantom, write_phantom_study
-
-    with console.status("drawing the phantom…"):
-        phantom = make_phantom(args.seed, PhantomSpec(modality=args.modality.upper()))
-    with console.status("writing DICOM…"):
-        files = write_phantom_study(phantom, args.out_dir)
-    console.print(f"wrote {len(files)} instances in {len(phantom.spec.phases)} series to "
-                  f"{args.out_dir / 'dicom'}; truth in {args.out_dir / 'ground_truth'}")
-    return 0
+    phantom_cli.add_phantom_options(p)
+    p.set_defaults(func=phantom_cli.run_phantom)
+    phantom_cli.add_cohort_parser(sub)
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

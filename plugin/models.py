@@ -7,6 +7,7 @@ from pathlib import Path
 
 import inference
 from inference.bundle import Bundle, discover_bundles
+from plugin import __version__
 
 SHIPPED_BUNDLES = Path(inference.__file__).resolve().parent / "bundles"
 """Bundles committed with the package (trained on phantoms, and they say so)."""
@@ -33,3 +34,8 @@ def segmentation_bundle(extra_dirs: Sequence[Path] = ()) -> Bundle:
     raise NoModelError(f"no segmentation bundle found in {searched}; train one with "
                        "`hepatica train segmentation --out DIR` and add DIR to "
                        "[pipeline] bundle_dirs")
+
+
+def pipeline_version(bundle: Bundle) -> str:
+    """Package and model versions: a new version re-processes, the same one replaces."""
+    return f"hepatica-{__version__}+{bundle.name}-{bundle.version}"

@@ -33,11 +33,11 @@ from typing import IO, Any
 
 from plugin.config import HepaticaConfig
 from plugin.jobs import Job, JobQueue, JobState, JobStateError
-from plugin.models import NoModelError, segmentation_bundle
+from plugin.models import NoModelError, pipeline_version, segmentation_bundle
 from plugin.orthanc.app import heartbeat_path
 from plugin.orthanc.filters import TriggerRules, is_own_series
 from plugin.orthanc.study import get_json, lookup_study, series_facts
-from plugin.pipeline import PipelineError, PipelineSettings, pipeline_version, process_study
+from plugin.pipeline import PipelineError, PipelineSettings, process_study
 
 __all__ = ["OrthancClient", "OrthancError", "OrthancUnavailable", "OrthancWorker"]
 

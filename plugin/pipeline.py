@@ -28,7 +28,7 @@ from inference.measurements import StudyMeasurements, measure
 from inference.runtime import create_session
 from inference.segmentation import SegmentationResult, segment
 from plugin import __version__
-from plugin.models import segmentation_bundle
+from plugin.models import pipeline_version, segmentation_bundle
 from plugin.selection import LabelledSeries, choose, label_all
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,6 @@ class StudyResult:
     study_uid: str
     files: list[Path] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def pipeline_version(bundle: Bundle) -> str:
-    """Package and model versions: a new version re-processes, the same one replaces."""
-    return f"hepatica-{__version__}+{bundle.name}-{bundle.version}"
 
 
 class _Timer:

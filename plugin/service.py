@@ -19,8 +19,8 @@ from dicom_io.sender import Peer, SendError, send_files
 from dicom_io.spool import Spool, StoredInstance
 from plugin.config import HepaticaConfig
 from plugin.jobs import Job, JobQueue, JobState
-from plugin.models import NoModelError, segmentation_bundle
-from plugin.pipeline import PipelineError, PipelineSettings, pipeline_version, process_study
+from plugin.models import NoModelError, pipeline_version, segmentation_bundle
+from plugin.pipeline import PipelineError, PipelineSettings, process_study
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 from plugin import __version__
 from plugin.config import HepaticaConfig
 from plugin.jobs import Job, JobQueue
-from plugin.models import segmentation_bundle
+from plugin.models import pipeline_version, segmentation_bundle
 from plugin.orthanc.filters import Decision, TriggerRules, decide, source_fingerprint
 from plugin.orthanc.store import OrthancStore
 from plugin.orthanc.study import (
@@ -78,14 +78,8 @@ class HepaticaOrthanc:
 
     # ----------------------------------------------------------------- queue
     def pipeline_version(self) -> str:
-        """Read from the installed bundle each time: a new bundle takes effect without restart.
-
-        Same string as ``plugin.pipeline.pipeline_version`` (a test holds them together); not
-        imported from there because that module pulls numpy, highdicom and ONNX Runtime into
-        Orthanc's process for one f-string.
-        """
-        bundle = segmentation_bundle(self.config.pipeline.bundle_dirs)
-        return f"hepatica-{__version__}+{bundle.name}-{bundle.version}"
+        """Read from the installed bundle each time: a new bundle takes effect without restart."""
+        return pipeline_version(segmentation_bundle(self.config.pipeline.bundle_dirs))
 
     def queue(self, version: str | None = None) -> JobQueue:
         version = self.pipeline_version() if version is None else version

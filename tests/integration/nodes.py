@@ -74,10 +74,11 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
             proc.wait(10)
 
 
-def storescu(files_or_dir: list[Path], port: int, calling: str = "PACS"
-             ) -> subprocess.CompletedProcess[str]:
+def storescu(files_or_dir: list[Path], port: int, calling: str = "PACS",
+             verbose: bool = False) -> subprocess.CompletedProcess[str]:
     """DCMTK storescu of files (or a folder, recursively) to the node."""
-    args = [STORESCU, "-aet", calling, "-aec", "HEPATICA", "--no-halt"]
+    args = [STORESCU, "-aet", calling, "-aec", "HEPATICA", "--no-halt", *(["-v"] if verbose
+                                                                            else [])]
     if len(files_or_dir) == 1 and files_or_dir[0].is_dir():
         args += ["+sd", "+r"]
     args += ["127.0.0.1", str(port), *map(str, files_or_dir)]

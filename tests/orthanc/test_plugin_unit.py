@@ -274,8 +274,7 @@ def test_catch_up_queues_studies_a_restart_left_unstable(plugin: ModuleType) -> 
 
 
 def test_pipeline_version_is_the_pipelines(plugin: ModuleType, bundle_dir: Path) -> None:
-    from plugin.models import segmentation_bundle
-    from plugin.pipeline import pipeline_version
+    from plugin.models import pipeline_version, segmentation_bundle
 
     assert plugin.APP.pipeline_version() == pipeline_version(segmentation_bundle((bundle_dir,)))
 
