@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ __all__ = [
     "SeriesInstances",
     "load_study",
     "series_to_volume",
+    "split_series",
+    "split_volumes",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,10 +65,21 @@ class SeriesInstances:
     series_number: int | None
     datasets: tuple[Dataset, ...]
     paths: tuple[Path, ...]
+    temporal_position: int | None = None
+    """Set on one phase of a multi-phase series (see :func:`split_series`): only the frames
+    of that temporal position form its volume."""
+    temporal_count: int = 1
 
     @property
     def first(self) -> Dataset:
         return self.datasets[0]
+
+    @property
+    def key(self) -> str:
+        """The SeriesInstanceUID, with ``#t<n>`` for one phase of a multi-phase series."""
+        if self.temporal_position is None:
+            return self.series_uid
+        return f"{self.series_uid}#t{self.temporal_position}"
 
 
 def load_study(study_dir: Path) -> list[SeriesInstances]:
@@ -138,6 +151,7 @@ class _Frame:
     sop_uid: str
     source: Dataset
     frame_index: int | None
+    temporal: tuple[int, str] = (0, "")  # (temporal position, acquisition time)
 
 
 def series_to_volume(
@@ -156,6 +170,15 @@ def series_to_volume(
     """
     items = datasets.datasets if isinstance(datasets, SeriesInstances) else datasets
     frames = [frame for ds in items for frame in _frames_of(ds)]
+    position = datasets.temporal_position if isinstance(datasets, SeriesInstances) else None
+    if position is not None and any(f.frame_index is not None for f in frames):
+        # a multi-frame instance holds every phase; classic parts hold only their own
+        frames = [f for f in _number_temporal(frames) if f.temporal[0] == position]
+    return _volume_of(frames, rel_tol, abs_tol_mm)
+
+
+def _volume_of(frames: list[_Frame], rel_tol: float, abs_tol_mm: float) -> Volume:
+    """The checked, stacked volume of one set of frames (one phase)."""
     _check_same_plane_type(frames)
     row, col, normal = _axes(frames[0].orientation)
     frames.sort(key=lambda f: float(np.dot(f.position, normal)))
@@ -167,6 +190,69 @@ def series_to_volume(
         direction=tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()),
         sop_instance_uids=tuple(f.sop_uid for f in frames),
     )
+
+
+def split_series(series: SeriesInstances) -> list[SeriesInstances]:
+    """One :class:`SeriesInstances` per temporal position of a multi-phase series.
+
+    A dynamic series (all contrast phases in one series, PS3.3 C.7.6.1.1.4 Temporal Position
+    Identifier) or an Enhanced/Legacy Converted multi-frame image holding several phases
+    (Frame Content: Temporal Position Index, else Frame Acquisition DateTime) would otherwise
+    stack into one volume with every slice position repeated. Positions come from the
+    temporal tags, else from acquisition times when slice positions repeat. A series with
+    one phase is returned as it is.
+    """
+    frames = _number_temporal([f for ds in series.datasets for f in _frames_of(ds)])
+    positions = sorted({f.temporal[0] for f in frames})
+    if len(positions) < 2:
+        return [series]
+    parts = []
+    for position in positions:
+        sources = {id(f.source) for f in frames if f.temporal[0] == position}
+        members = [(ds, path) for ds, path in zip(series.datasets, series.paths, strict=True)
+                   if id(ds) in sources]
+        parts.append(SeriesInstances(
+            series.series_uid, series.modality, series.description, series.series_number,
+            tuple(m[0] for m in members), tuple(m[1] for m in members), position,
+            len(positions)))
+    return parts
+
+
+def split_volumes(series: SeriesInstances) -> list[Volume]:
+    """One volume per phase of ``series`` (see :func:`split_series`), in temporal order."""
+    return [series_to_volume(part) for part in split_series(series)]
+
+
+def _number_temporal(frames: list[_Frame]) -> list[_Frame]:
+    """Frames with their temporal position; all 1 when the series holds one phase.
+
+    Explicit positions (TPI / Temporal Position Index) are kept as written; without them,
+    distinct acquisition times number the phases only when slice positions repeat (a
+    single-phase series acquired slice by slice has many acquisition times and one phase).
+    """
+    if any(f.temporal[0] for f in frames):
+        return frames
+    positions = [tuple(round(v, 2) for v in f.position) for f in frames]
+    times = sorted({f.temporal[1] for f in frames})
+    if len(set(positions)) == len(positions) or len(times) < 2:
+        return [replace(f, temporal=(1, f.temporal[1])) for f in frames]
+    return [replace(f, temporal=(times.index(f.temporal[1]) + 1, f.temporal[1]))
+            for f in frames]
+
+
+def _classic_temporal(ds: Dataset) -> tuple[int, str]:
+    position = _int_or_none(ds.get("TemporalPositionIdentifier")) or 0
+    return position, str(ds.get("AcquisitionTime", "") or "")
+
+
+def _enhanced_temporal(group: Dataset) -> tuple[int, str]:
+    content = group.get("FrameContentSequence")
+    if not content:
+        return 0, ""
+    item = content[0]
+    position = _int_or_none(item.get("TemporalPositionIndex")) or 0
+    when = str(item.get("FrameAcquisitionDateTime", "") or "")
+    return position, when[8:] if len(when) > 8 else when
 
 
 def _frames_of(ds: Dataset) -> list[_Frame]:
@@ -195,6 +281,7 @@ def _classic_frame(ds: Dataset) -> _Frame:
         sop_uid=sop,
         source=ds,
         frame_index=None,
+        temporal=_classic_temporal(ds),
     )
 
 
@@ -225,6 +312,7 @@ def _enhanced_frame(ds: Dataset, group: Dataset, shared: Dataset, index: int) ->
         sop_uid=sop,
         source=ds,
         frame_index=index,
+        temporal=_enhanced_temporal(group),
     )
 
 

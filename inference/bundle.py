@@ -42,6 +42,7 @@ class BundleInputs:
     phases: tuple[str, ...]
     timepoints: int = 1
     clinical: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()  # response bundles: the model's input columns, in order
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class Bundle:
     model_file: Path
     output_activation: str = "softmax"
     extra_files: tuple[Path, ...] = field(default=())
+    radiomics: dict[str, Any] = field(default_factory=dict)
+    baseline: tuple[float, ...] = ()
+    explain: str = ""
+    group: str = ""
 
     def threshold(self, key: str, default: float) -> float:
         """A threshold from the bundle, or the caller's default when the bundle has none."""
@@ -144,16 +149,42 @@ def load_bundle(directory: str | Path) -> Bundle:
         intended_use=reader.text("intended_use"),
         description=reader.optional_text("description"),
         inputs=_inputs(reader),
-        spacing_mm=reader.triple("preprocessing.spacing_mm", float),
-        normalisation=reader.text("preprocessing.normalisation"),
-        patch_size=reader.triple("preprocessing.patch_size", int),
+        **_preprocessing(reader),
         outputs=_outputs(reader),
         thresholds=_thresholds(reader),
         training=reader.table("training"),
         model_file=_model_file(reader, folder),
         output_activation=_activation(reader),
         extra_files=_extra_files(reader, folder),
+        radiomics=reader.table("radiomics"),
+        baseline=_baseline(reader),
+        explain=reader.optional_text("explain.method"),
+        group=reader.optional_text("group"),
     )
+
+
+def _preprocessing(reader: _Reader) -> dict[str, Any]:
+    """Grid and normalisation: required for image networks; response bundles that read
+    features may omit the table (their grid is the radiomics settings' resampling)."""
+    if reader.text("family") != "segmentation" and reader.get(
+            "preprocessing", None, required=False) is None:
+        return {"spacing_mm": (1.0, 1.0, 1.0), "normalisation": "none",
+                "patch_size": (1, 1, 1)}
+    return {"spacing_mm": reader.triple("preprocessing.spacing_mm", float),
+            "normalisation": reader.text("preprocessing.normalisation"),
+            "patch_size": reader.triple("preprocessing.patch_size", int)}
+
+
+def _baseline(reader: _Reader) -> tuple[float, ...]:
+    """Training means of the input features (contributions are measured against them)."""
+    value = reader.get("explain.baseline", [], required=False)
+    features = reader.strings("inputs.features", default=())
+    ok = isinstance(value, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if not ok or (value and len(value) != len(features)):
+        raise reader.fail("explain.baseline", f"must be {len(features)} numbers (one per "
+                          f"inputs.features), got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def _read_toml(file: Path) -> dict[str, Any]:
@@ -172,7 +203,8 @@ def _inputs(reader: _Reader) -> BundleInputs:
         raise reader.fail("inputs.phases", "must name at least one phase")
     return BundleInputs(phases=phases,
                         timepoints=reader.positive_int("inputs.timepoints", default=1),
-                        clinical=reader.strings("inputs.clinical", default=()))
+                        clinical=reader.strings("inputs.clinical", default=()),
+                        features=reader.strings("inputs.features", default=()))
 
 
 def _outputs(reader: _Reader) -> tuple[str, ...]:

@@ -260,6 +260,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--validation-cases", type=int, default=4)
     seg.set_defaults(func=_train_segmentation)
+    from plugin import train_cli
+
+    train_cli.add_parsers(families)
 
 
 def _train_segmentation(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "ListenerConfig",
     "OrthancConfig",
     "PipelineConfig",
+    "PriorsConfig",
     "default_config_toml",
     "env_var_name",
     "load_config",
@@ -72,6 +73,24 @@ class PipelineConfig:
     bundle_dirs: tuple[Path, ...] = ()
     series_number_base: int = 9900
     providers: tuple[str, ...] = ()
+    phase_rules: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class PriorsConfig:
+    """Where the patient's earlier studies are found for RECIST/mRECIST response.
+
+    DIMSE (C-FIND, then C-MOVE to this node's own AE or C-GET) in ``hepatica serve``;
+    Orthanc's REST API when running beside Orthanc (``hepatica serve --orthanc``).
+    """
+
+    enabled: bool = False
+    ae_title: str = "PACS"
+    host: str = "127.0.0.1"
+    port: int = 104
+    lookback_days: int = 730
+    retrieve: str = "move"
+    timeout_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -105,7 +124,12 @@ class HepaticaConfig:
     destination: DestinationConfig = field(default_factory=DestinationConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     orthanc: OrthancConfig = field(default_factory=OrthancConfig)
+    priors: PriorsConfig = field(default_factory=PriorsConfig)
     data_dir: Path = Path("hepatica-data")
+
+    @property
+    def priors_dir(self) -> Path:
+        return self.data_dir / "priors"
 
     @property
     def spool_dir(self) -> Path:
@@ -134,6 +158,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "destination": DestinationConfig,
     "pipeline": PipelineConfig,
     "orthanc": OrthancConfig,
+    "priors": PriorsConfig,
 }
 _TOP_LEVEL_KEYS = ("data_dir",)
 
@@ -156,6 +181,18 @@ _HELP: dict[str, str] = {
     "pipeline.bundle_dirs": "Extra folders searched for model bundles.",
     "pipeline.series_number_base": "Result series are numbered from here (never random).",
     "pipeline.providers": "ONNX Runtime providers, in order; empty = best of TensorRT, CUDA, CPU.",
+    "pipeline.phase_rules": (
+        "Site phase-rule files (TOML) extending the shipped dicom_io/phase_rules.toml."
+    ),
+    "priors.enabled": "Find the patient's earlier studies and report RECIST 1.1 / mRECIST.",
+    "priors.ae_title": "AE title of the archive queried for priors (C-FIND / C-MOVE / C-GET).",
+    "priors.host": "Host name or address of that archive.",
+    "priors.port": "Its DICOM port.",
+    "priors.lookback_days": "Only studies this many days before the current one are priors.",
+    "priors.retrieve": (
+        "move: C-MOVE to this node's listener AE (the archive must know it); get: C-GET."
+    ),
+    "priors.timeout_seconds": "Timeout of one query or retrieve step.",
     "orthanc.url": "Orthanc's REST API, as the worker reaches it (`hepatica serve --orthanc`).",
     "orthanc.username": "HTTP basic-auth user for Orthanc's REST API; empty = no auth.",
     "orthanc.password": "Its password; prefer the environment variable to writing it here.",
@@ -538,6 +575,12 @@ _CHECKS: dict[str, Callable[[object], str | None]] = {
     "orthanc.description_include": _check_regexes,
     "orthanc.description_exclude": _check_regexes,
     "orthanc.allowed_callers": _check_callers,
+    "priors.ae_title": _check_ae,
+    "priors.host": _check_host,
+    "priors.port": _int_range(1, 65535, "an integer from 1 to 65535"),
+    "priors.lookback_days": _int_range(1, None, "an integer of at least 1"),
+    "priors.retrieve": lambda v: None if v in ("move", "get") else "move or get",
+    "priors.timeout_seconds": _positive,
 }
 
 

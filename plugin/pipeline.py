@@ -29,6 +29,12 @@ from inference.runtime import create_session
 from inference.segmentation import SegmentationResult, segment
 from plugin import __version__
 from plugin.models import pipeline_version, segmentation_bundle
+from plugin.response_models_step import (
+    ResponseOutcome,
+    ResponseSettings,
+    response_sr_parts,
+    run_for_pipeline,
+)
 from plugin.selection import LabelledSeries, choose, label_all
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,7 @@ class PipelineSettings:
     bundle_dirs: tuple[Path, ...] = ()
     series_number_base: int = 9900
     providers: tuple[str, ...] = ()
+    response: ResponseSettings = field(default_factory=ResponseSettings)
 
 
 @dataclass
@@ -108,13 +115,17 @@ def process_study(study_dir: Path, out_dir: Path, settings: PipelineSettings | N
         measurements = measure(seg.labels, inputs.arterial.spacing,
                                arterial=inputs.arterial.array,
                                tumour_probability=seg.tumour_probability)
+    with timer.step("response models"):
+        responses = run_for_pipeline(inputs.labelled, inputs.arterial, inputs.arterial_datasets,
+                                     seg.labels, measurements.lesion_labels, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     study_uid = str(inputs.arterial_datasets[0].StudyInstanceUID)
     result = StudyResult(study_uid)
     with timer.step("export"):
-        result.files = _export(inputs, seg, measurements, bundle, settings, out_dir)
+        result.files = _export(inputs, seg, measurements, bundle, settings, out_dir, responses)
     result.summary = _summary(study_uid, inputs, measurements, bundle, session_providers(session),
                               timer.timings, result.files, seg.timings)
+    result.summary["response_models"] = [o.summary() for o in responses]
     (out_dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
     return result
 
@@ -166,8 +177,10 @@ def _software_versions(bundle: Bundle) -> str:
 
 
 def _export(inputs: _Inputs, seg: SegmentationResult, measurements: StudyMeasurements,
-            bundle: Bundle, settings: PipelineSettings, out_dir: Path) -> list[Path]:
+            bundle: Bundle, settings: PipelineSettings, out_dir: Path,
+            responses: Sequence[ResponseOutcome] = ()) -> list[Path]:
     study_uid = str(inputs.arterial_datasets[0].StudyInstanceUID)
+    response_groups, response_notes = response_sr_parts(responses, study_uid)
     version = pipeline_version(bundle)
     base = settings.series_number_base
     algorithm, software = _algorithm(bundle), _software_versions(bundle)
@@ -185,7 +198,7 @@ def _export(inputs: _Inputs, seg: SegmentationResult, measurements: StudyMeasure
         tumour_burden_pct=measurements.tumour_burden_pct,
         series_instance_uid=sr_id.series_instance_uid, sop_instance_uid=sr_id.sop_instance_uid,
         series_number=sr_id.series_number, algorithm=algorithm, software_versions=software,
-        extra_text=_provenance_text(inputs))
+        extra_text=[*_provenance_text(inputs), *response_notes], extra_groups=response_groups)
     files.append(_save(sr_ds, out_dir / "sr.dcm"))
     files += _heatmaps(inputs, seg, measurements, study_uid, version, base + 3, software, out_dir)
     return files

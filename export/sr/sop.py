@@ -56,17 +56,22 @@ def build_measurement_report(
     software_versions: str,
     extra_text: Sequence[tuple[str, str]] = (),
     instance_number: int = 1,
+    extra_groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 report for ``lesions`` segmented in ``segmentation``.
 
     Evidence (source images and the SEG) must belong to one study, the SR joins
-    it. Lesion k refers to SEG segment k + 1 (see ``export.seg``).
+    it. Lesion k refers to SEG segment k + 1 (see ``export.seg``). ``extra_groups``
+    (TID 1501, no ROI of their own) follow the lesion groups.
     """
     require_same_study([*source_images, segmentation])
     _check_segments(segmentation, lesions)
     algorithm_id = _algorithm_id(algorithm)
-    groups = [_liver_group(segmentation, liver_volume_ml, tumour_burden_pct, algorithm_id)]
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations
+                 | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
+        _liver_group(segmentation, liver_volume_ml, tumour_burden_pct, algorithm_id)]
     groups += [_lesion_group(segmentation, lesion, algorithm_id) for lesion in lesions]
+    groups += list(extra_groups)  # TID 1501 groups, e.g. the response (export.sr.response)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=codes.PROCEDURE_REPORTED,
