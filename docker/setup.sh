@@ -25,5 +25,9 @@ extras=${HEPATICA_EXTRAS-train,evaluate,dev}
 .venv/bin/pip install -q --upgrade pip
 # torch first and pinned: the CPU build; a looser request would pull GBs of CUDA wheels
 case ",$extras," in *,train,*) .venv/bin/pip install -q "torch==2.13.0" ;; esac
+# pyradiomics (a core dependency: serving extracts features) is an sdist that builds only
+# against an installed numpy and versioneer, without pip's build isolation
+.venv/bin/pip install -q numpy versioneer
+.venv/bin/pip install -q --no-build-isolation "pyradiomics>=3.0.1"
 .venv/bin/pip install -q -e ".${extras:+[$extras]}"
 echo "hepatica installed: $(.venv/bin/hepatica --version)"

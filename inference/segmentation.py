@@ -183,22 +183,36 @@ def postprocess(labels: LabelArray, spacing_xyz: Sequence[float],
     return out
 
 
+HOLE_TUMOUR_SHARE = 0.3
+"""A cavity whose rim is at least this much tumour is necrosis, else an unlabelled vessel."""
+
+
 def _fill_holes(labels: LabelArray) -> None:
     """The organ is solid: enclosed cavities are tissue of the organ, in place.
 
-    A cavity that touches tumour is tumour (a non-enhancing necrotic part that looks like
-    fluid on every phase); any other is liver (an unlabelled vessel).
+    A cavity largely walled by tumour is tumour (a non-enhancing necrotic part that looks
+    like fluid on every phase); any other is liver (an unlabelled vessel).
     """
     organ = labels > 0
     holes = ndimage.binary_fill_holes(organ) & ~organ
     if not holes.any():
         return
-    components, _ = ndimage.label(holes)
-    near_tumour = ndimage.binary_dilation(labels == TUMOUR)
-    tumour_holes = np.unique(components[holes & near_tumour])
-    in_tumour = np.isin(components, tumour_holes[tumour_holes > 0])
+    components, count = ndimage.label(holes)
+    share = _tumour_share_of_rims(components, count, labels == TUMOUR)
     labels[holes] = LIVER
-    labels[in_tumour] = TUMOUR
+    labels[holes & (share[components] >= HOLE_TUMOUR_SHARE)] = TUMOUR
+
+
+def _tumour_share_of_rims(components: npt.NDArray[np.int32], count: int,
+                          tumour: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """For each labelled cavity, the fraction of its one-voxel rim that is tumour."""
+    owner = ndimage.grey_dilation(components, size=(3, 3, 3))  # rim voxel → its cavity
+    rim = (components == 0) & (owner > 0)
+    total = np.bincount(owner[rim], minlength=count + 1).astype(np.float64)
+    in_tumour = np.bincount(owner[rim & tumour], minlength=count + 1)
+    share = np.divide(in_tumour, total, out=np.zeros_like(total), where=total > 0)
+    share[0] = 0.0
+    return share
 
 
 def _largest_component(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:

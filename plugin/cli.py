@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     from plugin import evaluate_cli
 
     evaluate_cli.add_parser(sub)
+    from plugin import inspect_cli
+
+    inspect_cli.add_parser(sub)
     return parser
 
 
@@ -96,12 +99,13 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _run(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.pipeline import PipelineSettings, process_study
+    from plugin.response_models_step import ResponseSettings
 
     if not args.study_dir.is_dir():
         raise FileNotFoundError(f"study folder {args.study_dir} does not exist")
     config = load_config(args.config)
     settings = PipelineSettings(config.pipeline.bundle_dirs, config.pipeline.series_number_base,
-                                config.pipeline.providers)
+                                config.pipeline.providers, ResponseSettings(config.data_dir))
     with console.status("starting…") as status:
         result = process_study(args.study_dir, args.out, settings,
                                progress=lambda step: status.update(f"{step}…"))
@@ -126,11 +130,11 @@ def print_result(summary: dict[str, object], out_dir: Path) -> None:
     assert isinstance(timings, dict)
     console.print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()
                                           if "/" not in k))
-    console.print(f"results in {out_dir}:")
+    console.print(f"results in {out_dir}:", soft_wrap=True, highlight=False)
     files = summary.get("files", [])
     assert isinstance(files, list)
     for name in [*files, "summary.json"]:
-        console.print(f"  {out_dir / str(name)}")
+        console.print(f"  {out_dir / str(name)}", soft_wrap=True, highlight=False)
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -255,8 +259,10 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     families = p.add_subparsers(title="family", metavar="FAMILY")
     seg = families.add_parser("segmentation", help="liver + tumour 3-D UNet on phantoms")
     seg.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    seg.add_argument("--cases", type=int, default=40, help="training phantoms")
-    seg.add_argument("--steps", type=int, default=3000)
+    seg.add_argument("--cases", type=int, default=32, help="training phantoms")
+    seg.add_argument("--steps", type=int, default=2000)
+    seg.add_argument("--necrosis-probability", type=float, default=0.5,
+                     help="share of large training lesions with a necrotic part")
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--validation-cases", type=int, default=4)
     seg.set_defaults(func=_train_segmentation)
@@ -278,6 +284,7 @@ def _train_segmentation(args: argparse.Namespace) -> int:
 
         out = train_segmentation_bundle(args.out, cases=args.cases, steps=args.steps,
                                         seed=args.seed, validation_cases=args.validation_cases,
+                                        necrosis_probability=args.necrosis_probability,
                                         progress=progress)
     console.print(f"bundle written to {out}")
     metrics = json.loads((out / "training.json").read_text())["metrics"]

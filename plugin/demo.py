@@ -128,14 +128,14 @@ def _report(out: Path, result_dir: str | None, truths: tuple[LesionTruth, ...],
         raise RuntimeError("the job finished without a result folder")
     summary = json.loads((Path(result_dir) / "summary.json").read_text())
     print_result(summary, Path(result_dir))
-    table = Table(title="Phantom ground truth")
+    table = Table(title="Phantom ground truth (largest first)")
     for column in ("lesion", "volume (ml)", "longest diameter (mm)", "viable diameter (mm)"):
         table.add_column(column, justify="right")
-    for t in truths:
+    for t in sorted(truths, key=lambda lesion: -lesion.volume_ml):  # as Hepatica numbers them
         table.add_row(str(t.index), f"{t.volume_ml:.2f}", f"{t.longest_diameter_mm:.1f}",
                       f"{t.viable_diameter_mm:.1f}")
     console.print(table)
     archived = sorted(p for p in (out / "archive").rglob("*") if p.is_file())
     console.print(f"the archive (DCMTK storescp) received {len(archived)} result object(s):")
     for path in archived:
-        console.print(f"  {path}")
+        console.print(f"  {path}", soft_wrap=True, highlight=False)

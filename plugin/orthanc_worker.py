@@ -38,6 +38,7 @@ from plugin.orthanc.app import heartbeat_path
 from plugin.orthanc.filters import TriggerRules, is_own_series
 from plugin.orthanc.study import get_json, lookup_study, series_facts
 from plugin.pipeline import PipelineError, PipelineSettings, process_study
+from plugin.response_models_step import ResponseSettings
 
 __all__ = ["OrthancClient", "OrthancError", "OrthancUnavailable", "OrthancWorker"]
 
@@ -129,7 +130,8 @@ class OrthancWorker:
         self.rules = TriggerRules.from_config(config.orthanc, config.pipeline.series_number_base)
         self.settings = PipelineSettings(config.pipeline.bundle_dirs,
                                          config.pipeline.series_number_base,
-                                         config.pipeline.providers)
+                                         config.pipeline.providers,
+                                         ResponseSettings(config.data_dir))
         self.version = pipeline_version(segmentation_bundle(config.pipeline.bundle_dirs))
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = _exclusive_lock(config.data_dir / "orthanc-worker.lock")

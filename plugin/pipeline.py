@@ -35,6 +35,7 @@ from plugin.response_models_step import (
     response_sr_parts,
     run_for_pipeline,
 )
+from plugin.response_step import PriorResponse, PriorSettings, run_in_pipeline
 from plugin.selection import LabelledSeries, choose, label_all
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class PipelineSettings:
     series_number_base: int = 9900
     providers: tuple[str, ...] = ()
     response: ResponseSettings = field(default_factory=ResponseSettings)
+    priors: PriorSettings | None = None  # RECIST/mRECIST against prior studies (issue 4)
 
 
 @dataclass
@@ -118,14 +120,19 @@ def process_study(study_dir: Path, out_dir: Path, settings: PipelineSettings | N
     with timer.step("response models"):
         responses = run_for_pipeline(inputs.labelled, inputs.arterial, inputs.arterial_datasets,
                                      seg.labels, measurements.lesion_labels, settings)
+    with timer.step("priors and response"):
+        recist = run_in_pipeline(settings.priors, inputs.arterial_datasets[0], inputs.arterial,
+                                 seg.labels, measurements, bundle, session)
     out_dir.mkdir(parents=True, exist_ok=True)
     study_uid = str(inputs.arterial_datasets[0].StudyInstanceUID)
     result = StudyResult(study_uid)
     with timer.step("export"):
-        result.files = _export(inputs, seg, measurements, bundle, settings, out_dir, responses)
+        result.files = _export(inputs, seg, measurements, bundle, settings, out_dir, responses,
+                               recist)
     result.summary = _summary(study_uid, inputs, measurements, bundle, session_providers(session),
                               timer.timings, result.files, seg.timings)
     result.summary["response_models"] = [o.summary() for o in responses]
+    result.summary["response"] = recist.summary()
     (out_dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
     return result
 
@@ -178,7 +185,8 @@ def _software_versions(bundle: Bundle) -> str:
 
 def _export(inputs: _Inputs, seg: SegmentationResult, measurements: StudyMeasurements,
             bundle: Bundle, settings: PipelineSettings, out_dir: Path,
-            responses: Sequence[ResponseOutcome] = ()) -> list[Path]:
+            responses: Sequence[ResponseOutcome] = (),
+            recist: PriorResponse | None = None) -> list[Path]:
     study_uid = str(inputs.arterial_datasets[0].StudyInstanceUID)
     response_groups, response_notes = response_sr_parts(responses, study_uid)
     version = pipeline_version(bundle)
@@ -198,7 +206,9 @@ def _export(inputs: _Inputs, seg: SegmentationResult, measurements: StudyMeasure
         tumour_burden_pct=measurements.tumour_burden_pct,
         series_instance_uid=sr_id.series_instance_uid, sop_instance_uid=sr_id.sop_instance_uid,
         series_number=sr_id.series_number, algorithm=algorithm, software_versions=software,
-        extra_text=[*_provenance_text(inputs), *response_notes], extra_groups=response_groups)
+        extra_text=[*_provenance_text(inputs), *response_notes,
+                    *(recist.text() if recist else [])],
+        extra_groups=[*response_groups, *(recist.groups(seg_ds) if recist else [])])
     files.append(_save(sr_ds, out_dir / "sr.dcm"))
     files += _heatmaps(inputs, seg, measurements, study_uid, version, base + 3, software, out_dir)
     return files

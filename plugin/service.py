@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from dicom_io.listener import ListenerSettings, StorageSCP
@@ -21,6 +22,8 @@ from plugin.config import HepaticaConfig
 from plugin.jobs import Job, JobQueue, JobState
 from plugin.models import NoModelError, pipeline_version, segmentation_bundle
 from plugin.pipeline import PipelineError, PipelineSettings, process_study
+from plugin.response_models_step import ResponseSettings
+from plugin.response_step import dimse_priors
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,11 @@ class HepaticaService:
         self.config = config
         self.settings = PipelineSettings(bundle_dirs=config.pipeline.bundle_dirs,
                                          series_number_base=config.pipeline.series_number_base,
-                                         providers=config.pipeline.providers)
+                                         providers=config.pipeline.providers,
+                                         response=ResponseSettings(config.data_dir))
+        self._expected_priors: set[str] = set()  # studies C-MOVEd in as priors: no job
+        self.settings = replace(self.settings,
+                                priors=dimse_priors(config, self._expected_priors.add))
         self.version = pipeline_version(segmentation_bundle(config.pipeline.bundle_dirs))
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(config.spool_dir)
@@ -75,6 +82,8 @@ class HepaticaService:
             self.stop()
 
     def _on_stored(self, instance: StoredInstance) -> None:
+        if instance.study_uid in self._expected_priors:
+            return
         job = self.queue.record_instance(instance.study_uid, instance.new)
         log.debug("stored %s for job %d (%s)", hash_identifier(instance.sop_uid), job.id,
                   "new" if instance.new else "duplicate")

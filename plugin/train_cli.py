@@ -8,6 +8,7 @@ Both print progress and a cross-validated metrics table, write the bundle, re-lo
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -115,7 +116,25 @@ def train_radiomics(args: argparse.Namespace, progress: Progress) -> dict[str, A
     parity = _parity(pipeline, args.out / "model.onnx", xs)
     document = _radiomics_document(args, spec, selected, xs, chosen, results, parity,
                                    len(names), len(train))
+    _write_oof(args.cohort / f"oof_scores_{document['name']}.csv", train, chosen.oof)
     return _finish(args, document, features, test)
+
+
+def _write_oof(path: Path, rows: Sequence[Mapping[str, str]], probability: np.ndarray) -> None:
+    """Out-of-fold probabilities of the training patients, kept beside the cohort (never in
+    the bundle: it would carry patient ids). A nomogram trained on in-sample scores would
+    trust them far more than they deserve on new patients."""
+    with path.open("w") as handle:
+        handle.write("patient_id,probability\n")
+        handle.writelines(f"{r['patient_id']},{p!r}\n" for r, p in
+                          zip(rows, probability.tolist(), strict=True))
+
+
+def _read_oof(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {r["patient_id"]: float(r["probability"]) for r in csv.DictReader(handle)}
 
 
 def _parity(pipeline: Any, onnx_path: Path, x: np.ndarray) -> float:
@@ -206,8 +225,11 @@ def train_nomogram(args: argparse.Namespace, progress: Progress) -> dict[str, An
     features = _bundle_features(args, score_bundles, progress)
     scores: dict[str, dict[str, float]] = {r["patient_id"]: {} for r in rows}
     for bundle in score_bundles:
-        for row, value in zip(rows, _logit(score_rows(bundle, rows, features)), strict=True):
-            scores[row["patient_id"]][bundle.name] = float(value)
+        oof = _read_oof(args.cohort / f"oof_scores_{bundle.name}.csv")
+        served = score_rows(bundle, rows, features)
+        for row, value in zip(rows, served.tolist(), strict=True):
+            probability = oof.get(row["patient_id"], value)
+            scores[row["patient_id"]][bundle.name] = float(_logit(np.array([probability]))[0])
     train, test = _split(rows, args.holdout)
     variables = [v for v in args.clinical.split(",") if v]
     columns = [f"score:{b.name}" for b in score_bundles] + _encode(train, variables)
