@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -105,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"study folder {args.study_dir} does not exist")
     config = load_config(args.config)
     settings = PipelineSettings(config.pipeline.bundle_dirs, config.pipeline.series_number_base,
-                                config.pipeline.providers, ResponseSettings(config.data_dir))
+                                config.pipeline.providers, ResponseSettings(config.data_dir),
+                                phase_rules=config.pipeline.phase_rules)
     with console.status("starting…") as status:
         result = process_study(args.study_dir, args.out, settings,
                                progress=lambda step: status.update(f"{step}…"))
@@ -116,16 +117,13 @@ def _run(args: argparse.Namespace) -> int:
 def print_result(summary: dict[str, object], out_dir: Path) -> None:
     """The measurements table and where the result files are."""
     measurements = summary["measurements"]
-    assert isinstance(measurements, dict)
-    table = Table(title="Hepatica measurements — RESEARCH USE ONLY, not for diagnostic use")
-    for column in ("lesion", "volume (ml)", "longest diameter (mm)", "viable diameter (mm)"):
-        table.add_column(column, justify="right")
-    for lesion in measurements["lesions"]:
-        table.add_row(str(lesion["label"]), f"{lesion['volume_ml']:.2f}",
-                      f"{lesion['longest_diameter_mm']:.1f}", f"{lesion['viable_diameter_mm']:.1f}")
-    console.print(table)
-    console.print(f"liver volume {measurements['liver_volume_ml']:.0f} ml, tumour burden "
-                  f"{measurements['tumour_burden_pct']:.2f} %")
+    if measurements is None:  # the segmentation model could not run (plugin.partial_report)
+        segmentation = summary.get("segmentation")
+        assert isinstance(segmentation, dict)
+        console.print(f"no measurements: segmentation not run: {segmentation['reason']}")
+    else:
+        assert isinstance(measurements, dict)
+        _print_measurements(measurements)
     timings = summary.get("timings_s", {})
     assert isinstance(timings, dict)
     console.print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()
@@ -135,6 +133,18 @@ def print_result(summary: dict[str, object], out_dir: Path) -> None:
     assert isinstance(files, list)
     for name in [*files, "summary.json"]:
         console.print(f"  {out_dir / str(name)}", soft_wrap=True, highlight=False)
+
+
+def _print_measurements(measurements: dict[str, Any]) -> None:
+    table = Table(title="Hepatica measurements — RESEARCH USE ONLY, not for diagnostic use")
+    for column in ("lesion", "volume (ml)", "longest diameter (mm)", "viable diameter (mm)"):
+        table.add_column(column, justify="right")
+    for lesion in measurements["lesions"]:
+        table.add_row(str(lesion["label"]), f"{lesion['volume_ml']:.2f}",
+                      f"{lesion['longest_diameter_mm']:.1f}", f"{lesion['viable_diameter_mm']:.1f}")
+    console.print(table)
+    console.print(f"liver volume {measurements['liver_volume_ml']:.0f} ml, tumour burden "
+                  f"{measurements['tumour_burden_pct']:.2f} %")
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

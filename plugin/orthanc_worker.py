@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +38,7 @@ from plugin.models import NoModelError, pipeline_version, segmentation_bundle
 from plugin.orthanc.app import heartbeat_path
 from plugin.orthanc.filters import TriggerRules, is_own_series
 from plugin.orthanc.study import get_json, lookup_study, series_facts
+from plugin.orthanc_priors import orthanc_priors
 from plugin.pipeline import PipelineError, PipelineSettings, process_study
 from plugin.response_models_step import ResponseSettings
 
@@ -131,7 +133,11 @@ class OrthancWorker:
         self.settings = PipelineSettings(config.pipeline.bundle_dirs,
                                          config.pipeline.series_number_base,
                                          config.pipeline.providers,
-                                         ResponseSettings(config.data_dir))
+                                         ResponseSettings(config.data_dir),
+                                         phase_rules=config.pipeline.phase_rules)
+        # priors come from Orthanc itself, downloaded like the study (source series only)
+        self.settings = replace(self.settings,
+                                priors=orthanc_priors(config, self.client, self.download))
         self.version = pipeline_version(segmentation_bundle(config.pipeline.bundle_dirs))
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = _exclusive_lock(config.data_dir / "orthanc-worker.lock")

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from dicom_io.phases import PhaseRules, load_site_rules
+from dicom_io.roi import image_series
 from dicom_io.series import GeometryError, load_study, series_to_volume
 from dicom_io.volume import Volume, resample_like
 from export.common import RESEARCH_USE_TEXT, AlgorithmInfo, ResultIdentity
@@ -29,6 +31,8 @@ from inference.runtime import create_session
 from inference.segmentation import SegmentationResult, segment
 from plugin import __version__
 from plugin.models import pipeline_version, segmentation_bundle
+from plugin.partial_report import report_without_segmentation
+from plugin.reader_roi import choose_tumour_roi
 from plugin.response_models_step import (
     ResponseOutcome,
     ResponseSettings,
@@ -49,6 +53,10 @@ class PipelineError(RuntimeError):
     """The study cannot be processed; the message says why and what to do."""
 
 
+class MissingPhaseError(PipelineError):
+    """The segmentation bundle lacks an input phase: it cannot run, the SR says why."""
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     """What the pipeline needs from the configuration."""
@@ -58,6 +66,7 @@ class PipelineSettings:
     providers: tuple[str, ...] = ()
     response: ResponseSettings = field(default_factory=ResponseSettings)
     priors: PriorSettings | None = None  # RECIST/mRECIST against prior studies (issue 4)
+    phase_rules: tuple[Path, ...] = ()  # site files extending dicom_io/phase_rules.toml
 
 
 @dataclass
@@ -101,18 +110,25 @@ def process_study(study_dir: Path, out_dir: Path, settings: PipelineSettings | N
     settings = settings or PipelineSettings()
     timer = _Timer(progress)
     bundle = segmentation_bundle(settings.bundle_dirs)
+    rules = load_site_rules(settings.phase_rules) if settings.phase_rules else None
     with timer.step("load series"):
         series = load_study(study_dir)
         if not series:
             raise PipelineError(f"no DICOM instances found under {study_dir}")
     with timer.step("label phases"):
-        labelled = label_all(series)
+        labelled = label_all(image_series(series), rules)
     with timer.step("build volumes"):
-        inputs = _inputs(labelled, bundle)
+        try:
+            inputs = _inputs(labelled, bundle, rules)
+        except MissingPhaseError as exc:
+            return _without_segmentation(labelled, bundle, settings, out_dir, exc, timer)
     with timer.step("segment"):
         session = create_session(bundle.model_file, providers=list(settings.providers) or None)
         seg = segment(bundle, session, [v.array for v in inputs.channels],
                       inputs.arterial.spacing)
+    with timer.step("reader ROI"):
+        roi = choose_tumour_roi(series, inputs.arterial, seg.labels)
+        seg = replace(seg, labels=roi.labels)
     with timer.step("measure"):
         measurements = measure(seg.labels, inputs.arterial.spacing,
                                arterial=inputs.arterial.array,
@@ -128,11 +144,12 @@ def process_study(study_dir: Path, out_dir: Path, settings: PipelineSettings | N
     result = StudyResult(study_uid)
     with timer.step("export"):
         result.files = _export(inputs, seg, measurements, bundle, settings, out_dir, responses,
-                               recist)
+                               recist, roi.text())
     result.summary = _summary(study_uid, inputs, measurements, bundle, session_providers(session),
                               timer.timings, result.files, seg.timings)
     result.summary["response_models"] = [o.summary() for o in responses]
     result.summary["response"] = recist.summary()
+    result.summary["tumour_roi"] = roi.summary()
     (out_dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
     return result
 
@@ -142,11 +159,28 @@ def session_providers(session: object) -> list[str]:
     return list(getattr(session, "providers", []))
 
 
-def _inputs(labelled: list[LabelledSeries], bundle: Bundle) -> _Inputs:
+def _without_segmentation(labelled: list[LabelledSeries], bundle: Bundle,
+                          settings: PipelineSettings, out_dir: Path, error: MissingPhaseError,
+                          timer: _Timer) -> StudyResult:
+    """No prediction from the segmentation model: an SR with the reason, the rest that runs."""
+    log.warning("segmentation model not run: %s", error)
+    with timer.step("export"):
+        try:
+            files, summary = report_without_segmentation(
+                labelled, bundle, settings, out_dir, str(error), _software_versions(bundle))
+        except ValueError as exc:
+            raise PipelineError(f"{error}; no report either: {exc}") from exc
+    summary["timings_s"] = timer.timings
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return StudyResult(str(summary["study_instance_uid"]), files, summary)
+
+
+def _inputs(labelled: list[LabelledSeries], bundle: Bundle,
+            rules: PhaseRules | None = None) -> _Inputs:
     volumes: dict[str, tuple[Volume, LabelledSeries]] = {}
     choices: dict[str, str] = {}
     for phase in bundle.inputs.phases:
-        volume, item, reason = _volume_for(labelled, phase)
+        volume, item, reason = _volume_for(labelled, phase, rules)
         volumes[phase], choices[phase] = (volume, item), reason
     reference_phase = bundle.inputs.phases[0]
     arterial, arterial_item = volumes[reference_phase]
@@ -157,15 +191,15 @@ def _inputs(labelled: list[LabelledSeries], bundle: Bundle) -> _Inputs:
     return _Inputs(arterial, channels, ordered, labelled, choices, used)
 
 
-def _volume_for(labelled: Sequence[LabelledSeries], phase: str
+def _volume_for(labelled: Sequence[LabelledSeries], phase: str, rules: PhaseRules | None = None
                 ) -> tuple[Volume, LabelledSeries, str]:
     """The first candidate series for ``phase`` that stacks into a regular volume."""
     failed: dict[str, str] = {}
     while True:
-        choice = choose(labelled, phase, frozenset(failed))
+        choice = choose(labelled, phase, frozenset(failed), rules)
         if choice.chosen is None:
             detail = "; ".join(f"series {uid[-12:]}: {why}" for uid, why in failed.items())
-            raise PipelineError(f"the segmentation model needs a {phase} series: "
+            raise MissingPhaseError(f"the segmentation model needs a {phase} series: "
                                 f"{choice.reason}" + (f" ({detail})" if detail else ""))
         try:
             return series_to_volume(choice.chosen.series), choice.chosen, choice.reason
@@ -186,7 +220,8 @@ def _software_versions(bundle: Bundle) -> str:
 def _export(inputs: _Inputs, seg: SegmentationResult, measurements: StudyMeasurements,
             bundle: Bundle, settings: PipelineSettings, out_dir: Path,
             responses: Sequence[ResponseOutcome] = (),
-            recist: PriorResponse | None = None) -> list[Path]:
+            recist: PriorResponse | None = None,
+            notes: Sequence[tuple[str, str]] = ()) -> list[Path]:
     study_uid = str(inputs.arterial_datasets[0].StudyInstanceUID)
     response_groups, response_notes = response_sr_parts(responses, study_uid)
     version = pipeline_version(bundle)
@@ -206,7 +241,7 @@ def _export(inputs: _Inputs, seg: SegmentationResult, measurements: StudyMeasure
         tumour_burden_pct=measurements.tumour_burden_pct,
         series_instance_uid=sr_id.series_instance_uid, sop_instance_uid=sr_id.sop_instance_uid,
         series_number=sr_id.series_number, algorithm=algorithm, software_versions=software,
-        extra_text=[*_provenance_text(inputs), *response_notes,
+        extra_text=[*_provenance_text(inputs), *notes, *response_notes,
                     *(recist.text() if recist else [])],
         extra_groups=[*response_groups, *(recist.groups(seg_ds) if recist else [])])
     files.append(_save(sr_ds, out_dir / "sr.dcm"))

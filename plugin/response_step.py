@@ -31,6 +31,7 @@ from dicom_io.priors import (
     get_study,
     move_study,
 )
+from dicom_io.roi import image_series
 from dicom_io.series import GeometryError, load_study, series_to_volume
 from dicom_io.volume import Volume, resample_like
 from export.seg.sop import lesion_segment_number
@@ -195,7 +196,7 @@ def measure_study_dir(study_dir: Path, phases: Sequence[str],
     """Segment and measure a prior study the way the current one is (same model, phases)."""
     from plugin.selection import choose, label_all
 
-    labelled = label_all(load_study(study_dir))
+    labelled = label_all(image_series(load_study(study_dir)))
     volumes: list[Volume] = []
     first: Dataset | None = None
     for phase in phases:

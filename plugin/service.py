@@ -38,7 +38,8 @@ class HepaticaService:
         self.settings = PipelineSettings(bundle_dirs=config.pipeline.bundle_dirs,
                                          series_number_base=config.pipeline.series_number_base,
                                          providers=config.pipeline.providers,
-                                         response=ResponseSettings(config.data_dir))
+                                         response=ResponseSettings(config.data_dir),
+                                         phase_rules=config.pipeline.phase_rules)
         self._expected_priors: set[str] = set()  # studies C-MOVEd in as priors: no job
         self.settings = replace(self.settings,
                                 priors=dimse_priors(config, self._expected_priors.add))

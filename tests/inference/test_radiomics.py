@@ -1,4 +1,4 @@
-"""inference.radiomics and inference.training.radiomics: ring, ICC, extraction cache, ONNX parity."""
+"""inference.radiomics and training: ring, ICC, extraction cache, ONNX parity per family."""
 
 from __future__ import annotations
 

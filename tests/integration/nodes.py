@@ -79,7 +79,7 @@ def storescu(files_or_dir: list[Path], port: int, calling: str = "PACS",
     """DCMTK storescu of files (or a folder, recursively) to the node."""
     args = [STORESCU, "-aet", calling, "-aec", "HEPATICA", "--no-halt", *(["-v"] if verbose
                                                                             else [])]
-    if len(files_or_dir) == 1 and files_or_dir[0].is_dir():
+    if any(p.is_dir() for p in files_or_dir):
         args += ["+sd", "+r"]
     args += ["127.0.0.1", str(port), *map(str, files_or_dir)]
     return subprocess.run(args, capture_output=True, text=True, timeout=300, env=NODELAY,

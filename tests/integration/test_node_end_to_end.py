@@ -170,3 +170,20 @@ def test_sigkill_mid_job_finishes_exactly_once_after_restart(node: Node,
     assert done.id == running.id and done.attempts == 2
     uids = _sop_uids(node.archived())
     assert len(uids) == len(set(uids)) == RESULT_OBJECTS
+
+
+def test_late_instances_reopen_the_study_and_replace_its_results(node: Node,
+                                                                 phantom_study: Path) -> None:
+    study_uid = _study_uid(phantom_study)
+    dicom = phantom_study / "dicom"
+    storescu([dicom / "AP", dicom / "PVP"], node.port)
+    first = wait_for_job(node.database, study_uid, DONE)
+    assert first.state == JobState.DONE, first.error
+    first_uids = set(_sop_uids(node.archived()))
+    assert len(first_uids) == 4  # SEG, SR, heatmaps of AP and PVP
+    storescu([dicom / "PRE", dicom / "DP"], node.port)
+    second = wait_for_job(node.database, study_uid, DONE)
+    assert second.id == first.id and second.updated_at > first.updated_at
+    assert second.state == JobState.DONE, second.error
+    current = set(_sop_uids(node.archived()))
+    assert first_uids <= current and len(current) == RESULT_OBJECTS  # replaced, not doubled

@@ -1,0 +1,135 @@
+"""Issue 4: a reader's tumour SEG replaces the automatic ROI; a study missing the PVP series
+still gets an SR that says which model did not run and why.
+
+A small phantom (128 x 128 x 32, AP + PVP) keeps each pipeline run near ten seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+from scipy import ndimage
+
+from dicom_io.series import load_study, series_to_volume
+from dicom_io.synthetic import Phantom, PhantomSpec, make_phantom, write_phantom_study
+from inference.measurements import TUMOUR, measure
+from plugin.pipeline import process_study
+
+SEED = 424_261  # not a training/validation seed
+SMALL = PhantomSpec(sequences=("AP", "PVP"), rows=128, columns=128, slices=32,
+                    pixel_spacing_mm=3.0, slice_spacing_mm=6.0, lesion_plan=(40.0, 25.0),
+                    necrotic_fraction=0.0)
+
+
+def _texts(sr: pydicom.Dataset) -> str:
+    out: list[str] = []
+    stack = list(sr.ContentSequence)
+    while stack:
+        item = stack.pop()
+        out.append(str(getattr(item, "TextValue", "")))
+        stack += list(item.get("ContentSequence", []))
+    return " ".join(out)
+
+
+def _reader_seg(phantom: Phantom, ap_dir: Path) -> tuple[pydicom.Dataset, np.ndarray]:
+    """Lesion 1 of the truth, eroded and shifted 2 voxels, as a reader's BINARY SEG."""
+    mask = ndimage.binary_erosion(phantom.lesion_labels == 1)
+    mask = np.roll(mask, 2, axis=2)
+    series = next(s for s in load_study(ap_dir))
+    volume = series_to_volume(series)
+    assert volume.shape == mask.shape
+    by_uid = {str(ds.SOPInstanceUID): pydicom.dcmread(p) for ds, p in
+              zip(series.datasets, series.paths, strict=True)}
+    sources = [by_uid[uid] for uid in volume.sop_instance_uids]
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Tumour",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    seg = hd.seg.Segmentation(
+        sources, mask.astype(np.uint8), hd.seg.SegmentationTypeValues.BINARY, [segment],
+        hd.UID(), 300, hd.UID(), 1, manufacturer="Reader Workstation",
+        manufacturer_model_name="manual", software_versions="1", device_serial_number="1",
+        series_description="Reader tumour ROI")  # type: ignore[call-arg]
+    return seg, mask
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Phantom, Path]]:
+    folder = tmp_path_factory.mktemp("roi-phantom")
+    phantom = make_phantom(SEED, SMALL)
+    write_phantom_study(phantom, folder)
+    yield phantom, folder
+
+
+def _lesion_values(sr: pydicom.Dataset) -> list[dict[str, float]]:
+    report = hd.sr.srread_dataset(sr) if hasattr(hd.sr, "srread_dataset") else None
+    del report
+    groups = []
+    stack = list(sr.ContentSequence)
+    while stack:
+        item = stack.pop()
+        children = list(item.get("ContentSequence", []))
+        names = {c.ConceptNameCodeSequence[0].CodeMeaning: c for c in children}
+        tracking = names.get("Tracking Identifier")
+        if tracking is not None and str(tracking.TextValue).startswith("Lesion ") and \
+                "Volume" in names:
+            groups.append({c.ConceptNameCodeSequence[0].CodeMeaning:
+                           float(c.MeasuredValueSequence[0].NumericValue)
+                           for c in children if c.ValueType == "NUM"})
+        stack += children
+    return groups
+
+
+def test_reader_seg_is_the_roi_and_the_sr_says_so(study: tuple[Phantom, Path],
+                                                  tmp_path: Path) -> None:
+    phantom, folder = study
+    dicom = tmp_path / "dicom"
+    shutil.copytree(folder / "dicom", dicom)
+    seg, mask = _reader_seg(phantom, dicom / "AP")
+    (dicom / "READER").mkdir()
+    seg.save_as(dicom / "READER" / "seg.dcm", enforce_file_format=True)
+    process_study(dicom, tmp_path / "out")
+    sr = pydicom.dcmread(tmp_path / "out" / "sr.dcm")
+    hd.sr.srread(tmp_path / "out" / "sr.dcm")
+    expected = measure(mask.astype(np.uint8) * TUMOUR, phantom.spacing).lesions
+    found = _lesion_values(sr)
+    assert len(found) == len(expected) == 1
+    assert found[0]["Volume"] == pytest.approx(expected[0].volume_ml, rel=1e-6)
+    assert found[0]["Long Axis"] == pytest.approx(expected[0].longest_diameter_mm, rel=1e-6)
+    assert "reader ROI" in _texts(sr)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["tumour_roi"]["source"] == "reader"
+
+
+def test_missing_pvp_gives_an_sr_with_the_reason(study: tuple[Phantom, Path],
+                                                 tmp_path: Path) -> None:
+    _, folder = study
+    dicom = tmp_path / "dicom"
+    shutil.copytree(folder / "dicom", dicom)
+    shutil.rmtree(dicom / "PVP")
+    result = process_study(dicom, tmp_path / "out")
+    assert [p.name for p in result.files] == ["sr.dcm"]
+    sr = pydicom.dcmread(result.files[0])
+    hd.sr.srread(result.files[0])
+    text = _texts(sr)
+    assert "not run: the segmentation model needs a PVP series" in text
+    assert "RESEARCH USE ONLY" in text
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["segmentation"]["ran"] is False and summary["measurements"] is None
+    for outcome in summary["response_models"]:  # each response bundle says why, in the SR too
+        assert outcome["reason"] and outcome["name"] in text
+    referenced = {str(ds.ReferencedSOPInstanceUID) for ds in
+                  sr.CurrentRequestedProcedureEvidenceSequence[0]
+                  .ReferencedSeriesSequence[0].ReferencedSOPSequence}
+    ap = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+          for p in (dicom / "AP").glob("*.dcm")}
+    assert ap <= referenced
