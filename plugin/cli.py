@@ -105,7 +105,10 @@ def _run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"study folder {args.study_dir} does not exist")
     config = load_config(args.config)
     settings = PipelineSettings(config.pipeline.bundle_dirs, config.pipeline.series_number_base,
-                                config.pipeline.providers, ResponseSettings(config.data_dir),
+                                config.pipeline.providers,
+                                # a node's data_dir when there is one (clinical/, feature cache)
+                                ResponseSettings(config.data_dir if config.data_dir.is_dir()
+                                                 else None),
                                 phase_rules=config.pipeline.phase_rules)
     with console.status("starting…") as status:
         result = process_study(args.study_dir, args.out, settings,

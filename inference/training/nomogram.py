@@ -77,6 +77,8 @@ def _draw_axis(ax: object, y: float, label: str, x0: float, x1: float, v0: float
                ticks: int) -> None:
     ax.plot([x0, x1], [y, y], color="black", lw=1)  # type: ignore[attr-defined]
     ax.text(-44, y, label, va="center", fontsize=8)  # type: ignore[attr-defined]
+    if abs(x1 - x0) < 12:  # a short axis: its end values only, or the labels collide
+        ticks = 2
     for k in range(ticks):
         f = k / (ticks - 1)
         x = x0 + f * (x1 - x0)

@@ -6,6 +6,7 @@ SCP, and its SR states the RECIST 1.1 and mRECIST categories of the phantom's tr
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,8 +29,10 @@ from tests.integration.nodes import (
     wait_for_job,
     write_config,
 )
+from tests.orthanc.conftest import Node
 from tests.orthanc.orthanc_server import OrthancServer, missing_packages
 from tests.orthanc.orthanc_server import storescu as storescu_orthanc
+from tests.orthanc.test_orthanc_integration import study_uid_of, wait_for
 
 pytestmark = [pytest.mark.network, pytest.mark.dcmtk, pytest.mark.orthanc, pytest.mark.slow]
 
@@ -136,3 +139,59 @@ def _all_items(sr: pydicom.Dataset) -> Iterator[pydicom.Dataset]:
 def _node_port(setup: Setup) -> int:
     text = (setup.database.parent.parent / "hepatica.toml").read_text()
     return int(text.split("[listener]")[1].split("port = ")[1].split("\n")[0])
+
+
+# --- plugin mode: Orthanc is the archive, the worker finds the baseline over REST ----------
+
+SMALL = PhantomSpec(sequences=("AP", "PVP"), rows=128, columns=128, slices=32,
+                    pixel_spacing_mm=3.0, slice_spacing_mm=6.0, lesion_plan=(44.0, 28.0),
+                    necrotic_fraction=0.0)
+"""A quarter of SPEC's voxels: three segmentations (baseline job, follow-up, prior) stay
+short on CI's two cores."""
+
+
+def _orthanc_sr(node: Node, study_uid: str) -> pydicom.Dataset:
+    found = json.loads(node.orthanc.request("POST", "/tools/lookup", study_uid.encode(),
+                                            "text/plain")[1])
+    study_id = next(f["ID"] for f in found if f["Type"] == "Study")
+    for series in node.orthanc.get(f"/studies/{study_id}/series"):
+        tags = series["MainDicomTags"]
+        if tags.get("Manufacturer") == "Hepatica" and tags.get("Modality") == "SR":
+            status, body = node.orthanc.request("GET",
+                                                f"/instances/{series['Instances'][0]}/file")
+            assert status == 200
+            return pydicom.dcmread(io.BytesIO(body))
+    raise AssertionError(f"no Hepatica SR in study {study_uid}\n{node.logs()}")
+
+
+def test_plugin_mode_finds_the_baseline_over_rest(tmp_path: Path) -> None:
+    if missing_packages():
+        pytest.skip("Orthanc not installed: run docker/setup.sh")
+    courses = plan_courses("PR", "PR", 2, 1)
+    records = write_timepoints(tmp_path / "patient", SEED + 1, SMALL, courses, [0.0, 3.0],
+                               baseline_date=dt.date(2025, 3, 1), patient_id="HEP-RESP-2")
+    truth = records[1]["response"]
+    (tmp_path / "node").mkdir()
+    node = Node(tmp_path / "node")
+    with (tmp_path / "node" / "hepatica.toml").open("a") as handle:
+        # the archive's baseline (sent by "PACS") triggers nothing; the follow-up does
+        handle.write('allowed_callers = ["MODALITY"]\n'
+                     "[priors]\nenabled = true\nlookback_days = 3650\n")
+    node.start()
+    try:
+        storescu_orthanc(tmp_path / "patient" / "tp0" / "dicom", node.orthanc.dicom_port,
+                         calling="PACS")
+        storescu_orthanc(tmp_path / "patient" / "tp1" / "dicom", node.orthanc.dicom_port,
+                         calling="MODALITY")
+        uid = study_uid_of(tmp_path / "patient" / "tp1")
+        job = wait_for(node, uid, {"done", "failed", "dead"}, timeout=600)
+        assert job["state"] == "done", (job, node.logs())
+        sr = _orthanc_sr(node, uid)
+    finally:
+        node.stop()
+    evaluations = [value for name, value in _codes_in(sr) if name == "Response Evaluation"]
+    assert evaluations == [codes.RESPONSE_CATEGORY[truth[k]].value
+                           for k in ("recist", "mrecist")], (evaluations, truth)
+    text = " ".join(str(getattr(i, "TextValue", "")) for i in _all_items(sr))
+    assert f"Response RECIST 1.1: {truth['recist']}" in text
+    assert f"Response mRECIST: {truth['mrecist']}" in text

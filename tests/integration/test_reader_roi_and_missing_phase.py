@@ -20,8 +20,9 @@ from scipy import ndimage
 
 from dicom_io.series import load_study, series_to_volume
 from dicom_io.synthetic import Phantom, PhantomSpec, make_phantom, write_phantom_study
+from export.sr import codes as sr_codes
 from inference.measurements import TUMOUR, measure
-from plugin.pipeline import process_study
+from plugin.pipeline import PipelineSettings, process_study
 
 SEED = 424_261  # not a training/validation seed
 SMALL = PhantomSpec(sequences=("AP", "PVP"), rows=128, columns=128, slices=32,
@@ -71,8 +72,6 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Phantom, P
 
 
 def _lesion_values(sr: pydicom.Dataset) -> list[dict[str, float]]:
-    report = hd.sr.srread_dataset(sr) if hasattr(hd.sr, "srread_dataset") else None
-    del report
     groups = []
     stack = list(sr.ContentSequence)
     while stack:
@@ -81,7 +80,7 @@ def _lesion_values(sr: pydicom.Dataset) -> list[dict[str, float]]:
         names = {c.ConceptNameCodeSequence[0].CodeMeaning: c for c in children}
         tracking = names.get("Tracking Identifier")
         if tracking is not None and str(tracking.TextValue).startswith("Lesion ") and \
-                "Volume" in names:
+                sr_codes.VOLUME.meaning in names:
             groups.append({c.ConceptNameCodeSequence[0].CodeMeaning:
                            float(c.MeasuredValueSequence[0].NumericValue)
                            for c in children if c.ValueType == "NUM"})
@@ -103,8 +102,10 @@ def test_reader_seg_is_the_roi_and_the_sr_says_so(study: tuple[Phantom, Path],
     expected = measure(mask.astype(np.uint8) * TUMOUR, phantom.spacing).lesions
     found = _lesion_values(sr)
     assert len(found) == len(expected) == 1
-    assert found[0]["Volume"] == pytest.approx(expected[0].volume_ml, rel=1e-6)
-    assert found[0]["Long Axis"] == pytest.approx(expected[0].longest_diameter_mm, rel=1e-6)
+    lesion = found[0]
+    assert lesion[sr_codes.VOLUME.meaning] == pytest.approx(expected[0].volume_ml, rel=1e-6)
+    assert lesion[sr_codes.LONGEST_DIAMETER.meaning] == pytest.approx(
+        expected[0].longest_diameter_mm, rel=1e-6)
     assert "reader ROI" in _texts(sr)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["tumour_roi"]["source"] == "reader"
@@ -133,3 +134,15 @@ def test_missing_pvp_gives_an_sr_with_the_reason(study: tuple[Phantom, Path],
     ap = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
           for p in (dicom / "AP").glob("*.dcm")}
     assert ap <= referenced
+
+
+def test_site_phase_rules_reach_the_pipeline(study: tuple[Phantom, Path], tmp_path: Path) -> None:
+    """``[pipeline] phase_rules``: a site rule calling the arterial series OTHER leaves the
+    segmentation without its AP input, and the SR says so."""
+    _, folder = study
+    rules = tmp_path / "site_rules.toml"
+    rules.write_text('[[mr]]\nlabel = "OTHER"\npattern = "vibe fs ap$"\n')
+    result = process_study(folder / "dicom", tmp_path / "out",
+                           PipelineSettings(phase_rules=(rules,)))
+    assert result.summary["segmentation"]["ran"] is False
+    assert "needs a AP series" in _texts(pydicom.dcmread(result.files[0]))

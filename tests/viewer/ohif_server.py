@@ -110,10 +110,10 @@ def _handler(dist: Path, host: str, port: int, base_path: str,
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass  # quiet: the test reads the browser's console, not the access log
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             path = urllib.parse.urlsplit(self.path).path
             if path.startswith(DICOMWEB_PREFIX) or path == DICOMWEB_PREFIX.rstrip("/"):
                 self._proxy()
