@@ -31,3 +31,5 @@ case ",$extras," in *,train,*) .venv/bin/pip install -q "torch==2.13.0" ;; esac
 .venv/bin/pip install -q --no-build-isolation "pyradiomics>=3.0.1"
 .venv/bin/pip install -q -e ".${extras:+[$extras]}"
 echo "hepatica installed: $(.venv/bin/hepatica --version)"
+# the viewer test's OHIF build and playwright-core (cached in gitignored folders; dev only)
+case ",$extras," in *,dev,*) bash tests/viewer/setup.sh || echo "WARNING: viewer test tools not installed: tests/viewer will skip" >&2 ;; esac

@@ -95,8 +95,9 @@ def _file_values(path: Path, study_uid: str, patient_id: str) -> dict[str, Clini
         with path.open(newline="") as handle:
             for row in csv.DictReader(handle):
                 if _matches(row, study_uid, patient_id):
-                    return validate_clinical({k: _parse(v) for k, v in row.items()
-                                              if k not in ("study_instance_uid", "patient_id")})
+                    values = {k: _parse(v) for k, v in row.items()
+                              if k not in ("study_instance_uid", "patient_id")}
+                    return validate_clinical({k: v for k, v in values.items() if v is not None})
     return {}
 
 

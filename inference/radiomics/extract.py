@@ -11,9 +11,11 @@ Features are named ``<phase>_<region>_<pyradiomics name>``, e.g.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import multiprocessing
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -171,12 +173,24 @@ def _map(tasks: Sequence[ExtractionTask], workers: int) -> list[dict[str, float]
     """Processes, not threads: pyradiomics holds the GIL in its C matrices."""
     if workers <= 1 or len(tasks) <= 1:
         return [run_task(task) for task in tasks]
-    with _executor(min(workers, len(tasks))) as pool:
-        return list(pool.map(run_task, tasks))
+    return list(_executor(workers).map(run_task, tasks))
+
+
+_POOLS: dict[int, Executor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def _executor(workers: int) -> Executor:
-    try:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    except (OSError, ValueError):  # restricted sandboxes: threads still give some overlap
-        return ThreadPoolExecutor(workers)
+    """One long-lived pool per size: a spawned worker takes seconds to import pyradiomics and
+    SimpleITK, more than a tumour's features take, so workers are started once and kept."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            try:
+                pool = ProcessPoolExecutor(workers,
+                                           mp_context=multiprocessing.get_context("spawn"))
+            except (OSError, ValueError):  # restricted sandboxes: threads overlap a little
+                pool = ThreadPoolExecutor(workers)
+            _POOLS[workers] = pool
+            atexit.register(pool.shutdown, wait=False, cancel_futures=True)
+        return pool

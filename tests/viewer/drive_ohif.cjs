@@ -53,8 +53,10 @@ async function main() {
       const segments = Object.values(seg.segments).filter(Boolean).map((s) => ({
         index: s.segmentIndex, label: s.label, color: rep.segments[s.segmentIndex]?.color }));
       const vp = window.services.cornerstoneViewportService.getCornerstoneViewport(id);
+      const shown = window.services.displaySetService.getActiveDisplaySets()
+        .find((d) => vp.getImageIds().some((i) => d.SeriesInstanceUID && i.includes(d.SeriesInstanceUID)));
       return { id: rep.segmentationId, segments, viewport_type: vp.type,
-        series_description: document.body.innerText.includes('ARTERIAL') ? 'ARTERIAL' : '' };
+        series_instance_uid: shown ? shown.SeriesInstanceUID : null };
     }, currentVp);
 
     // Each truth lesion: move the viewport (cornerstone's own geometry, not the SEG) to the

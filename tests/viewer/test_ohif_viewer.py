@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -72,11 +74,19 @@ def _drive(job: dict[str, Any]) -> dict[str, Any]:
     out = Path(job["out_dir"])
     job_file = out / "job.json"
     job_file.write_text(json.dumps(job, indent=1))
-    run = subprocess.run(["node", str(HERE / "drive_ohif.cjs"), str(job_file)], cwd=HERE,
-                         capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S, check=False)
+    # its own process group: on a timeout, node and the Chromium it started end together
+    driver = subprocess.Popen(["node", str(HERE / "drive_ohif.cjs"), str(job_file)], cwd=HERE,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        log, _ = driver.communicate(timeout=DRIVER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(driver.pid, signal.SIGKILL)
+        log, _ = driver.communicate(timeout=30)
+        log += f"\n(killed after {DRIVER_TIMEOUT_S} s)"
     result_file = out / "result.json"
     if not result_file.exists():
-        raise AssertionError(f"driver wrote no result ({run.returncode}):\n{run.stderr[-3000:]}")
+        raise AssertionError(f"driver wrote no result ({driver.returncode}):\n{log[-3000:]}")
     result: dict[str, Any] = json.loads(result_file.read_text())
     assert result.get("ok"), (f"OHIF run failed: {result.get('error')}\n"
                               f"steps: {result.get('steps')}\n"
@@ -140,12 +150,18 @@ def _annotate(src: Path, dst: Path, centre: tuple[float, float], radius: float,
     canvas.save(dst)
 
 
-def _sr_measurements(node: Node, study_uid: str) -> dict[str, dict[str, float]]:
-    """Tracking identifier → concept name → value, from the SR stored in Orthanc."""
+def _result_instance(node: Node, study_uid: str, modality: str) -> str:
+    """Orthanc's ID of the study's first instance of ``modality``."""
     found = json.loads(node.orthanc.request("POST", "/tools/lookup", study_uid.encode(),
                                             "text/plain")[1])
     series = node.orthanc.get(f"/studies/{found[0]['ID']}/series")
-    sr_id = next(s["Instances"][0] for s in series if s["MainDicomTags"]["Modality"] == "SR")
+    return str(next(s["Instances"][0] for s in series
+                    if s["MainDicomTags"]["Modality"] == modality))
+
+
+def _sr_measurements(node: Node, study_uid: str) -> dict[str, dict[str, float]]:
+    """Tracking identifier → concept name → value, from the SR stored in Orthanc."""
+    sr_id = _result_instance(node, study_uid, "SR")
     status, body = node.orthanc.request("GET", f"/instances/{sr_id}/file")
     assert status == 200
     path = ARTIFACTS / "sr.dcm"
@@ -171,12 +187,18 @@ def _sr_measurements(node: Node, study_uid: str) -> dict[str, dict[str, float]]:
     return groups
 
 
-def test_ohif_shows_the_tumour_overlay_on_the_tumour_and_lists_the_sr(
-    node: Node, phantom_dirs: dict[int, Path], tmp_path_factory: pytest.TempPathFactory
-) -> None:
+@pytest.fixture
+def viewer_tools() -> None:
+    """Skips before Orthanc starts when the viewer's tools are not installed."""
     missing = _missing_tools()
     if missing:
         pytest.skip(f"viewer tools missing: {', '.join(missing)}")
+
+
+def test_ohif_shows_the_tumour_overlay_on_the_tumour_and_lists_the_sr(
+    viewer_tools: None, node: Node, phantom_dirs: dict[int, Path],
+    tmp_path_factory: pytest.TempPathFactory
+) -> None:
     study = phantom(phantom_dirs, tmp_path_factory, VIEWER_SEED)
     uid = study_uid_of(study)
     truth = json.loads((study / "ground_truth" / "truth.json").read_text())
@@ -198,6 +220,9 @@ def test_ohif_shows_the_tumour_overlay_on_the_tumour_and_lists_the_sr(
         server.stop()
 
     # The SEG: hydrated onto its source series, one tumour segment per SR lesion.
+    seg_tags = node.orthanc.get(f"/instances/{_result_instance(node, uid, 'SEG')}/tags?simplify")
+    source_series = seg_tags["ReferencedSeriesSequence"][0]["SeriesInstanceUID"]
+    assert result["segmentation"]["series_instance_uid"] == source_series
     labels = [s["label"] for s in result["segmentation"]["segments"]]
     assert labels[0] == "Liver" and len(labels) >= 2, labels
     checks = {}
