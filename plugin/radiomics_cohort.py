@@ -1,11 +1,11 @@
 """Radiomics features of a training cohort: one row per patient, plus perturbed-mask ratings.
 
-A cohort folder is what ``hepatica cohort`` writes (``cohort.csv`` and, with images,
-``<patient_id>/tp0/{dicom,ground_truth}``) or a site's own in the same shape. Training uses
-the reference mask (the ground truth here, a reader's contour at a site), as the seeds did;
-serving uses Hepatica's segmentation. A cohort written with ``--no-images`` is rendered in
-memory from its rows (same phantoms as the DICOM, without the disk), which is what keeps
-training on phantoms cheap. Results are cached as CSV in the cohort folder.
+A cohort folder is what ``hepatica cohort`` writes (``cohort.csv``). Training uses the
+reference mask (the phantom's ground truth here; a reader's contour at a site), as the seeds
+did; serving uses Hepatica's segmentation. Phantom patients are rendered in memory from their
+rows (the same phantoms ``hepatica cohort`` would write as DICOM, without the disk), which is
+what keeps training cheap; reading a site's DICOM studies and masks from
+``<patient_id>/tp0/`` is not implemented yet. Results are cached as CSV in the cohort folder.
 """
 
 from __future__ import annotations

@@ -14,11 +14,11 @@ from pydicom.sequence import Sequence
 from dicom_io.roi import image_series, read_reader_roi, read_rtstruct, reader_roi_series
 from dicom_io.series import load_study, series_to_volume
 from dicom_io.volume import Volume
+from tests.shared_data import REAL_DATA
 
-DCMQI = Path("/work/shared/data/real/dcmqi/data/segmentations")
+DCMQI = REAL_DATA / "dcmqi" / "data" / "segmentations"
 
 
-@pytest.mark.skipif(not DCMQI.is_dir(), reason="shared real objects not on this machine")
 def test_dcmqi_liver_seg_lands_on_its_ct_grid(tmp_path: Path) -> None:
     shutil.copytree(DCMQI / "ct-3slice", tmp_path / "ct")
     shutil.copy(DCMQI / "liver.dcm", tmp_path / "liver.dcm")

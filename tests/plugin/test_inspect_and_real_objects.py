@@ -12,8 +12,9 @@ import pytest
 
 from dicom_io.synthetic import PhantomSpec, make_phantom, write_phantom_study
 from plugin.cli import main
+from tests.shared_data import REAL_DATA
 
-REAL = Path("/work/shared/data/real")
+REAL = REAL_DATA
 TINY = PhantomSpec(rows=64, columns=64, slices=12, pixel_spacing_mm=6.0, slice_spacing_mm=12.0)
 
 
@@ -41,7 +42,6 @@ def _real(modality: str) -> list[Path]:
     return out
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="shared real objects not on this machine")
 def test_real_seg_and_sr_objects_read_without_error() -> None:
     segs, srs = _real("SEG"), _real("SR")
     assert segs and srs
