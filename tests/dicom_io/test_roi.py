@@ -7,7 +7,6 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
