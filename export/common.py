@@ -83,6 +83,15 @@ class LesionLike(Protocol):
     def centroid_zyx(self) -> tuple[float, float, float]:
         """Centroid as a voxel index on the source grid."""
 
+    @property
+    def longest_diameter_endpoints_zyx(
+        self,
+    ) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+        """The two voxel centres ``[z, y, x]`` (same z) joined by the longest diameter.
+
+        z indexes the source images in SEG order. None when unknown: the report then has
+        no planar (TID 1410) group for the lesion, which viewers need to draw it."""
+
 
 def derive_uid(*parts: str, prefix: str = UID_PREFIX) -> str:
     """Return a UID that depends only on ``parts``.

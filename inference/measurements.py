@@ -18,13 +18,15 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 
 __all__ = [
     "LIVER",
     "TUMOUR",
+    "Chord",
     "LesionMeasurement",
     "StudyMeasurements",
+    "longest_axial_chord",
     "longest_axial_diameter",
     "max_feret_diameter",
     "measure",
@@ -33,6 +35,10 @@ __all__ = [
 LIVER = 1
 TUMOUR = 2
 _IN_PLANE_4 = ndimage.generate_binary_structure(2, 1)
+
+Point = tuple[float, float, float]
+Chord = tuple[Point, Point]
+"""Two voxel centres ``[z, y, x]`` on one slice: the ends of a longest diameter."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class LesionMeasurement:
     centroid_zyx: tuple[float, float, float]
     centroid_mm: tuple[float, float, float] | None
     mean_probability: float | None
+    longest_diameter_endpoints_zyx: Chord | None = None
+    """The voxel centres (on the source grid) whose distance is ``longest_diameter_mm``, both
+    on slice ``longest_diameter_slice``; None for a single-voxel cross-section."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +177,7 @@ def _lesions(labels: npt.NDArray[np.integer], connectivity: int
 
 def _measure_lesion(label: int, mask: npt.NDArray[np.bool_], offset: tuple[int, int, int],
                     ctx: _Context) -> LesionMeasurement:
-    diameter, slice_index = longest_axial_diameter(mask, ctx.spacing)
+    diameter, slice_index, chord = longest_axial_chord(mask, ctx.spacing)
     viable = _viable(mask, offset, ctx)
     centroid = tuple(float(c) + o for c, o in zip(ndimage.center_of_mass(mask), offset,
                                                    strict=True))
@@ -184,7 +193,16 @@ def _measure_lesion(label: int, mask: npt.NDArray[np.bool_], offset: tuple[int, 
         centroid_zyx=(centroid[0], centroid[1], centroid[2]),
         centroid_mm=_to_patient(centroid, ctx),
         mean_probability=_mean_in(ctx.probability, mask, offset),
+        longest_diameter_endpoints_zyx=_shift(chord, offset),
     )
+
+
+def _shift(chord: Chord | None, offset: tuple[int, int, int]) -> Chord | None:
+    """``chord`` from crop coordinates to the source grid."""
+    if chord is None:
+        return None
+    a, b = ((p[0] + offset[0], p[1] + offset[1], p[2] + offset[2]) for p in chord)
+    return a, b
 
 
 def _crop(array: npt.NDArray[np.floating], mask: npt.NDArray[np.bool_],
@@ -224,13 +242,25 @@ def longest_axial_diameter(mask: npt.NDArray[np.bool_],
 
     (0.0, 0) for an empty mask. Ties go to the first (lowest) slice.
     """
-    best, where = -1.0, 0
+    diameter, where, _ = longest_axial_chord(mask, spacing_xyz)
+    return diameter, where
+
+
+def longest_axial_chord(mask: npt.NDArray[np.bool_], spacing_xyz: Sequence[float]
+                        ) -> tuple[float, int, Chord | None]:
+    """``longest_axial_diameter`` and the two voxel centres ``[z, y, x]`` it joins.
+
+    The end points are what a viewer draws as the RECIST line; None when no slice has two
+    voxels.
+    """
+    best, where, chord = -1.0, 0, None
     spacing_yx = (float(spacing_xyz[1]), float(spacing_xyz[0]))
     for z in np.flatnonzero(mask.any(axis=(1, 2))):
-        diameter = max_feret_diameter(mask[z], spacing_yx)
+        diameter, pair = _feret_pair(mask[z], spacing_yx)
         if diameter > best:
             best, where = diameter, int(z)
-    return max(best, 0.0), where
+            chord = None if pair is None else ((float(z), *pair[0]), (float(z), *pair[1]))
+    return max(best, 0.0), where, chord
 
 
 def max_feret_diameter(mask: npt.NDArray[np.bool_], spacing_yx: Sequence[float]) -> float:
@@ -239,11 +269,21 @@ def max_feret_diameter(mask: npt.NDArray[np.bool_], spacing_yx: Sequence[float])
     Only boundary voxels can be extreme, and only convex-hull vertices among them, so the
     all-pairs search runs on a few dozen points even for large lesions.
     """
+    return _feret_pair(mask, spacing_yx)[0]
+
+
+def _feret_pair(mask: npt.NDArray[np.bool_], spacing_yx: Sequence[float]
+                ) -> tuple[float, tuple[tuple[float, float], tuple[float, float]] | None]:
+    """Max Feret diameter (mm) of a 2-D mask and its two voxel centres ``(y, x)`` (indices)."""
     interior = ndimage.binary_erosion(mask, structure=_IN_PLANE_4, border_value=0)
-    points = np.argwhere(mask & ~interior).astype(float) * np.asarray(spacing_yx, dtype=float)
+    scale = np.asarray(spacing_yx, dtype=float)
+    points = _hull_vertices(np.argwhere(mask & ~interior).astype(float) * scale)
     if len(points) < 2:
-        return 0.0
-    return float(pdist(_hull_vertices(points)).max())
+        return 0.0, None
+    distances = squareform(pdist(points))
+    i, j = np.unravel_index(int(np.argmax(distances)), distances.shape)
+    a, b = np.rint(points[i] / scale), np.rint(points[j] / scale)  # back to voxel indices
+    return float(distances[i, j]), ((float(a[0]), float(a[1])), (float(b[0]), float(b[1])))
 
 
 def _hull_vertices(points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

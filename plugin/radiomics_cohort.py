@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from dicom_io.synthetic.anatomy import make_phantom
 from dicom_io.synthetic.cohort import patient_spec
+from inference.bundle import Bundle
 from inference.radiomics import PERTURBATIONS, extract_all, make_tasks, perturb, settings_path
 from plugin.selection import EQUIVALENT_LABELS
 
@@ -46,6 +47,14 @@ class FeatureSpec:
     settings: str = "ct_original"
     modality: str = "ct"
     phantom_seed: int = 0
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, phantom_seed: int = 0) -> FeatureSpec:
+        """The extraction a response bundle was trained on (its ``[radiomics]`` table)."""
+        config = bundle.radiomics
+        return cls(bundle.inputs.phases, tuple(config.get("regions", ("tumour",))),
+                   float(config.get("ring_mm", 5.0)), str(config.get("settings", "ct_original")),
+                   str(config.get("modality", "ct")).lower(), phantom_seed)
 
     def fingerprint(self) -> str:
         """Changes whenever the features would change (settings text included)."""

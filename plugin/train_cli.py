@@ -254,12 +254,7 @@ def _bundle_features(args: argparse.Namespace, bundles: Sequence[Bundle],
                      progress: Progress) -> dict[str, dict[str, float]]:
     merged: dict[str, dict[str, float]] = {}
     for bundle in bundles:
-        config = bundle.radiomics
-        spec = FeatureSpec(bundle.inputs.phases, tuple(config.get("regions", ("tumour",))),
-                           float(config.get("ring_mm", 5.0)),
-                           str(config.get("settings", "ct_original")),
-                           str(config.get("modality", "ct")).lower(),
-                           getattr(args, "phantom_seed", 0))
+        spec = FeatureSpec.for_bundle(bundle, getattr(args, "phantom_seed", 0))
         features, _ = cohort_features(args.cohort, spec, 0, args.workers, progress)
         for pid, values in features.items():
             merged.setdefault(pid, {}).update(values)

@@ -1,8 +1,10 @@
 """TID 1500 Measurement Report of the liver and its lesions (Comprehensive 3D SR).
 
 Shape (PS3.16 TID 1500): one TID 1411 volumetric group per lesion, each
-referencing its SEG segment; one TID 1411 group for the liver with its volume
-and the tumour burden; and the TID 1500 row 12 "Qualitative Evaluations"
+referencing its SEG segment, followed by a TID 1410 planar group drawing its
+longest diameter (same tracking UID) when the end points are known; one TID 1411
+group for the liver with its volume and the tumour burden; and the TID 1500 row
+12 "Qualitative Evaluations"
 container holding TEXT items (row 14): the research-use disclaimer first, then
 the pipeline's ``extra_text`` notes as "name: value".
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
+import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from export.common import (
@@ -35,6 +39,8 @@ __all__ = [
 ]
 
 SERIES_DESCRIPTION = "Hepatica liver and tumour measurements"
+Chord = tuple[tuple[float, float, float], tuple[float, float, float]]
+"""Two voxel centres ``[z, y, x]`` on one source slice (a lesion's longest diameter)."""
 
 
 def lesion_tracking_uid(segmentation_uid: str, segment_number: int) -> str:
@@ -62,15 +68,19 @@ def build_measurement_report(
 
     Evidence (source images and the SEG) must belong to one study, the SR joins
     it. Lesion k refers to SEG segment k + 1 (see ``export.seg``). ``extra_groups``
-    (TID 1501, no ROI of their own) follow the lesion groups.
+    (TID 1501, no ROI of their own) follow the lesion groups. The z of a lesion's
+    ``longest_diameter_endpoints_zyx`` indexes ``source_images`` (the SEG's order).
     """
     require_same_study([*source_images, segmentation])
     _check_segments(segmentation, lesions)
     algorithm_id = _algorithm_id(algorithm)
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations
+                 | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
                  | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
         _liver_group(segmentation, liver_volume_ml, tumour_burden_pct, algorithm_id)]
-    groups += [_lesion_group(segmentation, lesion, algorithm_id) for lesion in lesions]
+    for lesion in lesions:
+        groups.append(_lesion_group(segmentation, lesion, algorithm_id))
+        groups += _long_axis_group(source_images, segmentation, lesion, algorithm_id)
     groups += list(extra_groups)  # TID 1501 groups, e.g. the response (export.sr.response)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
@@ -165,6 +175,68 @@ def _lesion_group(
         algorithm_id=algorithm_id,
         measurements=measurements,
     )
+
+
+def _long_axis_group(
+    source_images: Sequence[Dataset],
+    segmentation: Dataset,
+    lesion: LesionLike,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """TID 1410 group: the lesion's longest diameter as a line on its source slice.
+
+    Viewers (OHIF among them) draw and list planar groups, not segment-referenced
+    ones; the shared tracking UID ties the line to the lesion's TID 1411 group.
+    Empty without end points, or when the slice is a frame of a multi-frame image
+    (its frame number is not known here).
+    """
+    ends = lesion.longest_diameter_endpoints_zyx
+    if ends is None:
+        return []
+    image = _slice_image(source_images, ends)
+    if int(image.get("NumberOfFrames", 1) or 1) > 1:
+        return []
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=_polyline(image, ends, lesion.longest_diameter_mm),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(image),
+    )
+    segment_number = lesion_segment_number(lesion.label)
+    return [hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(segmentation, segment_number, f"Lesion {lesion.label}"),
+        referenced_region=region,
+        finding_type=codes.LESION_FINDING_TYPE,
+        finding_category=codes.LESION_FINDING_CATEGORY,
+        finding_sites=[hd.sr.FindingSite(codes.FINDING_SITE_LIVER)],
+        algorithm_id=algorithm_id,
+        measurements=[_measurement(codes.LONGEST_DIAMETER, lesion.longest_diameter_mm,
+                                   codes.UNIT_MILLIMETRE)],
+    )]
+
+
+def _slice_image(source_images: Sequence[Dataset], ends: Chord) -> Dataset:
+    """The source image both end points lie on; raises unless they share one slice."""
+    z = ends[0][0]
+    if ends[1][0] != z or z != int(z) or not 0 <= z < len(source_images):
+        raise ValueError(f"diameter end points {ends} are not on one of the "
+                         f"{len(source_images)} source slices")
+    return source_images[int(z)]
+
+
+def _polyline(image: Dataset, ends: Chord, length_mm: float) -> npt.NDArray[np.float64]:
+    """(column, row) of the two voxel centres, checked against the measured length.
+
+    SCOORD image coordinates put (0, 0) at the top left corner of the top left
+    pixel (PS3.3 C.18.6), so the centre of pixel (row r, column c) is (c + 0.5, r + 0.5).
+    """
+    data = np.array([[x + 0.5, y + 0.5] for _, y, x in ends], dtype=np.float64)
+    row_mm, column_mm = (float(v) for v in image.PixelSpacing)
+    (c0, r0), (c1, r1) = data
+    drawn = float(np.hypot((c1 - c0) * column_mm, (r1 - r0) * row_mm))
+    if abs(drawn - length_mm) > 0.01:
+        raise ValueError(f"diameter end points {ends} are {drawn:.3f} mm apart on the "
+                         f"source image, not the measured {length_mm:.3f} mm")
+    return data
 
 
 def _liver_group(

@@ -21,6 +21,7 @@ __all__ = [
     "ModelData",
     "detect_label",
     "load_cohort",
+    "load_dropped",
     "load_predictions",
     "model_data",
     "models_in",
@@ -94,6 +95,24 @@ def load_predictions(path: Path) -> pd.DataFrame:
     if duplicated.any():
         first = frame.loc[duplicated, ["patient_id", "model"]].iloc[0].tolist()
         raise EvaluationError(f"predictions file {path} repeats patient/model {first}")
+    return frame
+
+
+DROPPED_COLUMNS = ("model", "dropped", "inputs_removed", "score")
+
+
+def load_dropped(path: Path) -> pd.DataFrame:
+    """Scores with a phase removed: patient_id, model, dropped, inputs_removed, score."""
+    frame = _read_csv(path, "dropped-phase predictions")
+    absent = [c for c in DROPPED_COLUMNS if c not in frame.columns]
+    if absent:
+        raise EvaluationError(f"dropped-phase predictions file {path} lacks columns {absent}")
+    frame["model"] = frame["model"].astype(str)
+    frame["dropped"] = frame["dropped"].astype(str)
+    frame["inputs_removed"] = frame["inputs_removed"].fillna("").astype(str)
+    frame["score"] = pd.to_numeric(frame["score"], errors="coerce")
+    if frame["score"].isna().any():
+        raise EvaluationError(f"dropped-phase predictions file {path} has missing scores")
     return frame
 
 

@@ -166,6 +166,30 @@ def _comparisons(ev: Evaluation) -> str:
             "well; a small p means the difference in AUC is unlikely to be chance.</p>")
 
 
+def _removed(names: Sequence[str]) -> str:
+    """The inputs a robustness row replaced, folded so the table stays readable."""
+    shown = "<br>".join(_e(n) for n in names if n)
+    count = sum(1 for n in names if n)
+    return f"<details><summary>{count} input(s)</summary>{shown}</details>"
+
+
+def _robustness(ev: Evaluation) -> str:
+    """Seed 000's table: the AUC with each phase dropped, against the full model."""
+    rows = [[_e(m.model), _e(r.dropped), _removed(r.inputs_removed),
+             _ci(r.auc.auc, r.auc.ci_low, r.auc.ci_high), _num(r.auc_full), _num(r.change),
+             f"{_num(100 * r.relative_change, 1)} %", _p(r.comparison.p_value)]
+            for m in ev.models for r in m.robustness]
+    if not rows:
+        return ""
+    header = ["Model", "Phase dropped", "Inputs removed", "AUC (95 % CI, DeLong)",
+              "Full-model AUC", "Change", "Relative change", "DeLong p vs full"]
+    method = _e(ev.robustness_method) or "not stated"
+    return ("<h2>Robustness: AUC when a phase is dropped</h2>" + _table(header, rows)
+            + f'<p class="help">How a phase is dropped: {method} A large drop means the model '
+            "relies on that phase; the p-value is the paired DeLong test of the full model "
+            "against the model without the phase, on the same patients.</p>")
+
+
 def _roc_and_dca(ev: Evaluation) -> str:
     """Overlaid ROC and decision curves of the binary models."""
     binary = [m for m in ev.models if m.roc is not None and m.auc is not None]
@@ -301,7 +325,8 @@ def render_html(ev: Evaluation) -> str:
               f"<p>Outcome: <code>{_e(ev.label)}</code> · predictions "
               f"<code>{_e(ev.predictions_csv)}</code> · cohort <code>{_e(ev.cohort_csv)}</code>"
               f" · {len(ev.models)} model(s)</p>")
-    sections = [_overview(ev), _comparisons(ev), _roc_and_dca(ev), "<h2>Models in detail</h2>",
+    sections = [_notes(ev.notes), _overview(ev), _comparisons(ev), _robustness(ev),
+                _roc_and_dca(ev), "<h2>Models in detail</h2>",
                 *(_model_section(m) for m in ev.models), _methods()]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"

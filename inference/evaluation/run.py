@@ -6,7 +6,7 @@ records why an analysis was skipped (a note, never a silent gap) and writes the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,14 @@ from inference.evaluation.inputs import (
     ModelData,
     detect_label,
     load_cohort,
+    load_dropped,
     load_predictions,
     model_data,
     models_in,
     survival_endpoints,
 )
 from inference.evaluation.report import to_jsonable, write_outputs
+from inference.evaluation.robustness import RobustnessRow, robustness_table
 
 __all__ = [
     "Evaluation",
@@ -80,6 +82,7 @@ class ModelEvaluation:
     calibration_curve: tuple[cal.CalibrationBin, ...] = ()
     decision_curve: DecisionCurve | None = None
     survival: tuple[SurvivalAnalysis, ...] = ()
+    robustness: tuple[RobustnessRow, ...] = ()
     notes: tuple[str, ...] = ()
 
 
@@ -95,6 +98,8 @@ class Evaluation:
     models: tuple[ModelEvaluation, ...]
     comparisons: tuple[disc.DelongComparison, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    robustness_method: str = ""
+    dropped_predictions_csv: str | None = None
 
 
 class _Steps:
@@ -231,18 +236,37 @@ def _add_survival_tests(
     return SurvivalAnalysis(**{**result.__dict__, **values, "notes": tuple(notes)})
 
 
+def _robustness(data: ModelData, dropped: pd.DataFrame | None) -> tuple[RobustnessRow, ...]:
+    """The model without each phase, on exactly the patients the full model is judged on."""
+    rows = None if dropped is None else dropped[dropped["model"] == data.model]
+    if rows is None or rows.empty or not data.binary:
+        return ()
+    scores, removed = {}, {}
+    for name, group in rows.groupby("dropped", sort=False):
+        by_patient = dict(zip(group["patient_id"], group["score"], strict=True))
+        missing = [p for p in data.patient_ids if p not in by_patient]
+        if missing:
+            raise EvaluationError(f"model {data.model!r} without {name}: no score for "
+                                  f"{len(missing)} patients ({', '.join(missing[:5])})")
+        scores[str(name)] = np.array([by_patient[p] for p in data.patient_ids], dtype=float)
+        removed[str(name)] = str(group["inputs_removed"].iloc[0]).split(";")
+    return robustness_table(data.scores, scores, data.positive, removed)
+
+
 def _evaluate_model(
     data: ModelData,
     threshold: float | None,
     endpoints: list[tuple[str, str]],
     covariates: Sequence[str],
     step: _Steps,
+    dropped: pd.DataFrame | None = None,
 ) -> ModelEvaluation:
     """All analyses for one model."""
     values: dict[str, Any] = {}
     notes: list[str] = []
     if data.binary:
         values.update(_binary_discrimination(data, threshold))
+        values["robustness"] = _robustness(data, dropped)
         step(f"{data.model}: discrimination")
         calibration, notes = _binary_calibration(data)
         values.update(calibration)
@@ -298,12 +322,22 @@ def evaluate(
     time_column: str | None = None,
     event_column: str | None = None,
     covariates: Sequence[str] = (),
+    model_thresholds: Mapping[str, float] | None = None,
+    dropped_predictions: Path | str | None = None,
+    robustness_method: str = "",
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Evaluate every model in ``predictions_csv``; write metrics.json and report.html.
 
+    ``model_thresholds`` overrides ``threshold`` per model (each bundle has its own).
+    ``dropped_predictions`` (patient_id, model, dropped, inputs_removed, score) holds the
+    scores with a phase removed, made as ``robustness_method`` says; ``notes`` are shown at
+    the top of the report (patients a run could not score, for instance).
     Returns the metrics.json content. Raises EvaluationError for inputs that cannot be used.
     """
     predictions = load_predictions(Path(predictions_csv))
+    dropped = None if dropped_predictions is None else load_dropped(Path(dropped_predictions))
+    per_model = dict(model_thresholds or {})
     cohort = load_cohort(Path(cohort_csv))
     label = detect_label(cohort, label)
     endpoints = survival_endpoints(cohort, time_column, event_column)
@@ -314,12 +348,14 @@ def evaluate(
     for name in names:
         datasets[name] = model_data(predictions, cohort, name, label)
         step(f"{name}: {len(datasets[name].patient_ids)} patients matched")
-    models = tuple(_evaluate_model(datasets[n], threshold, endpoints, covariates, step)
-                   for n in names)
+    models = tuple(_evaluate_model(datasets[n], per_model.get(n, threshold), endpoints,
+                                   covariates, step, dropped) for n in names)
     comparisons = _compare(datasets, compare) if compare else ()
     step("comparisons")
     evaluation = Evaluation(str(predictions_csv), str(cohort_csv), label, threshold,
-                            tuple(covariates), models, comparisons)
+                            tuple(covariates), models, comparisons, tuple(notes),
+                            robustness_method,
+                            None if dropped_predictions is None else str(dropped_predictions))
     write_outputs(evaluation, Path(out_dir))
     step("report written")
     return to_jsonable(evaluation)

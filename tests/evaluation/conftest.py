@@ -69,3 +69,44 @@ def binary_report(
                        ("integrated", "clinical"), threshold=0.5,
                        covariates=("age", "afp_response"))
     return out, metrics
+
+
+RADIOMICS_DATA = Path(__file__).resolve().parents[1] / "data" / "radiomics"
+RUN_BUNDLES = ("hepatica-radiomics-pd-ct", "hepatica-nomogram-pd", "hepatica-nomogram-pd-no-afp")
+
+
+@pytest.fixture(scope="session")
+def phantom_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 160-patient cohort the shipped response bundles were trained on (rows only, ~1 s);
+    its last 60 patients are the held-out rows of tests/data/radiomics/heldout_features.csv."""
+    from dicom_io.synthetic.cohort import write_cohort
+
+    folder = tmp_path_factory.mktemp("phantom_cohort")
+    write_cohort(folder, 160, 0, "tki-pd1", "ct", images=False,
+                 effects=RADIOMICS_DATA / "strong_image_effects.toml")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def run_report(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[Path, dict[str, object], str]:
+    """``hepatica evaluate --run`` with the three shipped response bundles on the held-out
+    features: (output folder, metrics.json, terminal output)."""
+    import argparse
+    import contextlib
+    import io
+    import json
+
+    from plugin import evaluate_cli
+
+    out = tmp_path_factory.mktemp("run_report")
+    parser = argparse.ArgumentParser(prog="hepatica")
+    evaluate_cli.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["evaluate", *(a for b in RUN_BUNDLES for a in ("--run", b)), "--cohort",
+            str(phantom_cohort), "--features", str(RADIOMICS_DATA / "heldout_features.csv"),
+            "--out", str(out), "--compare", "hepatica-nomogram-pd", "hepatica-radiomics-pd-ct"]
+    args = parser.parse_args(argv)
+    terminal = io.StringIO()
+    with contextlib.redirect_stdout(terminal):
+        assert args.func(args) == evaluate_cli.EXIT_OK
+    return out, json.loads((out / "metrics.json").read_text()), terminal.getvalue()

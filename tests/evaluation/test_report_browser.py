@@ -58,3 +58,18 @@ def test_report_renders_without_console_errors(
     assert screenshot.stat().st_size > 50_000  # a rendered page, not a blank one
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(screenshot, ARTIFACTS / "evaluation_report.png")
+
+
+def test_run_report_with_robustness_renders(
+    run_report: tuple[Path, dict[str, object], str], tmp_path: Path
+) -> None:
+    """The ``--run`` report (robustness table, folded input lists, run notes) renders too."""
+    out, _, _ = run_report
+    html = (out / "report.html").read_text()
+    assert "Robustness: AUC when a phase is dropped" in html
+    screenshot = tmp_path / "run_report.png"
+    log = render(out / "report.html", screenshot, tmp_path / "profile")
+    assert console_lines(log) == []
+    assert screenshot.stat().st_size > 50_000
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(screenshot, ARTIFACTS / "evaluation_run_report.png")

@@ -6,6 +6,7 @@ geometry: 8 axial slices of 64 x 64 pixels, 1.5 mm pixels, 3 mm apart.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -91,8 +92,11 @@ def lesion_labels() -> npt.NDArray[np.int16]:
 
 @pytest.fixture(scope="session")
 def lesions() -> list[Lesion]:
-    """Measurements matching ``lesion_labels`` (values only need to round-trip)."""
+    """Measurements matching ``lesion_labels``: each diameter joins opposite corners of the
+    lesion's box on its first slice (1.5 mm pixels); the other values only need to round-trip."""
+    one = ((2.0, 20.0, 20.0), (2.0, 27.0, 26.0))
+    two = ((4.0, 40.0, 33.0), (4.0, 35.0, 39.0))
     return [
-        Lesion(1, 0.756, 14.2, 9.5, (2.5, 23.5, 23.0)),
-        Lesion(2, 0.567, 12.1, 0.0, (4.5, 37.5, 36.0)),
+        Lesion(1, 0.756, 1.5 * math.hypot(7, 6), 9.5, (2.5, 23.5, 23.0), one),
+        Lesion(2, 0.567, 1.5 * math.hypot(5, 6), 0.0, (4.5, 37.5, 36.0), two),
     ]

@@ -27,6 +27,9 @@ class Lesion:
     longest_diameter_mm: float
     viable_diameter_mm: float
     centroid_zyx: tuple[float, float, float]
+    longest_diameter_endpoints_zyx: (
+        tuple[tuple[float, float, float], tuple[float, float, float]] | None
+    ) = None
 
 
 def write_and_read(dataset: Dataset, path: Path) -> Dataset:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -130,6 +132,66 @@ def test_sr_lesion_groups_round_trip(
         assert segment is not None
         assert segment.referenced_sop_instance_uid == segmentation.SOPInstanceUID
         assert segment.referenced_segment_numbers == [lesion.label + 1]
+
+
+def test_sr_long_axis_line_round_trips(
+    source_images: list[Dataset],
+    segmentation: hd.seg.Segmentation,
+    lesions: list[Lesion],
+    tmp_path: Path,
+) -> None:
+    """One TID 1410 group per lesion: the diameter as a line on its slice, as long as the
+    Long Axis, tracked with the lesion's TID 1411 group."""
+    report = _report(_read(_build(source_images, segmentation, lesions), tmp_path))
+    volumetric = report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Neoplasm)
+    planar = report.get_planar_roi_measurement_groups(finding_type=codes.SCT.Neoplasm)
+    assert [g.tracking_uid for g in planar] == [g.tracking_uid for g in volumetric]
+    for group, lesion in zip(planar, lesions, strict=True):
+        assert lesion.longest_diameter_endpoints_zyx is not None
+        (a, b) = lesion.longest_diameter_endpoints_zyx
+        assert group.tracking_identifier == f"Lesion {lesion.label}"
+        assert group.finding_sites[0].value == codes.SCT.Liver
+        _check(group, codes.SCT.LongAxis, lesion.longest_diameter_mm, "mm")
+        region = group.roi
+        assert isinstance(region, hd.sr.ImageRegion)
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        line = region.value  # (column, row), pixel centres at + 0.5
+        assert line.tolist() == [[a[2] + 0.5, a[1] + 0.5], [b[2] + 0.5, b[1] + 0.5]]
+        image = source_images[int(a[0])]
+        assert region.ContentSequence[0].referenced_sop_instance_uid == image.SOPInstanceUID
+        row_mm, column_mm = (float(v) for v in image.PixelSpacing)
+        (c0, r0), (c1, r1) = line
+        length = math.hypot((c1 - c0) * column_mm, (r1 - r0) * row_mm)
+        assert length == pytest.approx(lesion.longest_diameter_mm, abs=0.01)
+
+
+def test_sr_without_end_points_has_no_line(
+    source_images: list[Dataset], segmentation: hd.seg.Segmentation, lesions: list[Lesion]
+) -> None:
+    unplaced = [replace(lesion, longest_diameter_endpoints_zyx=None) for lesion in lesions]
+    report = _report(_build(source_images, segmentation, unplaced))
+    assert report.get_planar_roi_measurement_groups() == []
+    assert len(report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Neoplasm)) == 2
+
+
+@pytest.mark.parametrize(
+    ("ends", "message"),
+    [
+        (((2.0, 20.0, 20.0), (3.0, 27.0, 26.0)), "not on one of the 8 source slices"),
+        (((9.0, 20.0, 20.0), (9.0, 27.0, 26.0)), "not on one of the 8 source slices"),
+        (((2.0, 20.0, 20.0), (2.0, 27.0, 27.0)), "not the measured 13.829 mm"),
+    ],
+)
+def test_sr_rejects_misplaced_end_points(
+    source_images: list[Dataset],
+    segmentation: hd.seg.Segmentation,
+    lesions: list[Lesion],
+    ends: tuple[tuple[float, float, float], tuple[float, float, float]],
+    message: str,
+) -> None:
+    broken = replace(lesions[0], longest_diameter_endpoints_zyx=ends)
+    with pytest.raises(ValueError, match=message):
+        _build(source_images, segmentation, [broken])
 
 
 def test_sr_liver_group(

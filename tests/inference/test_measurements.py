@@ -11,6 +11,7 @@ import pytest
 from inference.measurements import (
     LIVER,
     TUMOUR,
+    longest_axial_chord,
     longest_axial_diameter,
     max_feret_diameter,
     measure,
@@ -70,6 +71,27 @@ def test_ellipsoid_axes(angle: float) -> None:
     assert 2 * a - math.hypot(*SPACING[:2]) <= lesion.longest_diameter_mm <= 2 * a + 1e-9
 
 
+@pytest.mark.parametrize("angle", [0.0, 30.0, 90.0, 135.0])
+def test_longest_diameter_endpoints_lie_on_the_long_axis(angle: float) -> None:
+    """The end points are voxel centres on the diameter's slice, as far apart as the diameter,
+    at the tips of the ellipse's long axis (up to the voxel grid: 0.8 x 0.7 mm)."""
+    (lesion,) = measure(liver_with(ellipsoid(CENTRE, (20.0, 9.0, 12.0), angle)), SPACING).lesions
+    assert lesion.longest_diameter_endpoints_zyx is not None
+    ends = np.asarray(lesion.longest_diameter_endpoints_zyx)
+    assert list(ends[:, 0]) == [lesion.longest_diameter_slice] * 2
+    assert np.array_equal(ends, np.rint(ends))
+    x_mm, y_mm = ends[:, 2] * SPACING[0] - CENTRE[2], ends[:, 1] * SPACING[1] - CENTRE[1]
+    length = math.hypot(x_mm[1] - x_mm[0], y_mm[1] - y_mm[0])
+    assert length == pytest.approx(lesion.longest_diameter_mm, abs=1e-9)
+    t = math.radians(angle)
+    along = x_mm * math.cos(t) + y_mm * math.sin(t)
+    across = -x_mm * math.sin(t) + y_mm * math.cos(t)
+    assert sorted(along) == pytest.approx([-20.0, 20.0], abs=1.0)  # one at each tip
+    assert np.abs(across).max() <= 2.5
+    if angle == 0.0:  # the tips fall on voxel centres
+        assert sorted(map(tuple, ends)) == [(12, 40, 20), (12, 40, 70)]
+
+
 def test_feret_is_exact_on_small_shapes() -> None:
     square = np.ones((3, 4), dtype=bool)  # corners (0,0) and (2,3) at spacing y 2, x 1
     assert max_feret_diameter(square, (2.0, 1.0)) == pytest.approx(math.hypot(4.0, 3.0))
@@ -80,6 +102,9 @@ def test_feret_is_exact_on_small_shapes() -> None:
     disc = np.hypot(*np.indices((101, 101)) - 50.0) <= 50
     assert max_feret_diameter(disc, (1.0, 1.0)) == pytest.approx(100.0)
     assert longest_axial_diameter(np.zeros((2, 3, 3), bool), SPACING) == (0.0, 0)
+    dot = np.zeros((2, 3, 3), bool)
+    dot[1, 1, 1] = True  # one voxel: no diameter to draw
+    assert longest_axial_chord(dot, SPACING) == (0.0, 1, None)
 
 
 def test_two_lesions_numbered_by_volume() -> None:
