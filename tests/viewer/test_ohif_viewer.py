@@ -176,7 +176,7 @@ def _sr_measurements(node: Node, study_uid: str) -> dict[str, dict[str, float]]:
                 tracking = next(str(c.TextValue) for c in item.ContentSequence
                                 if c.ConceptNameCodeSequence[0].CodeMeaning
                                 == "Tracking Identifier")
-                groups[tracking] = {}
+                groups.setdefault(tracking, {})  # a lesion's TID 1411 and 1410 groups merge
                 walk(item.ContentSequence, tracking)
             elif item.ValueType == "NUM" and group is not None:
                 groups[group][name] = float(item.MeasuredValueSequence[0].NumericValue)
