@@ -25,7 +25,9 @@ __all__ = [
     "TUMOUR",
     "Chord",
     "LesionMeasurement",
+    "Outline",
     "StudyMeasurements",
+    "liver_outline",
     "longest_axial_chord",
     "longest_axial_diameter",
     "max_feret_diameter",
@@ -39,6 +41,11 @@ _IN_PLANE_4 = ndimage.generate_binary_structure(2, 1)
 Point = tuple[float, float, float]
 Chord = tuple[Point, Point]
 """Two voxel centres ``[z, y, x]`` on one slice: the ends of a longest diameter."""
+Outline = tuple[Point, ...]
+"""Voxel centres ``[z, y, x]`` on one slice, in order around a closed contour (not repeated)."""
+MAX_OUTLINE_POINTS = 200
+_AROUND = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
+"""The 8 neighbours ``(dy, dx)`` clockwise on screen (y down), starting north."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,10 @@ class StudyMeasurements:
     liver_arterial_reference: float | None = None
     lesion_labels: npt.NDArray[np.uint16] | None = None
     """Lesion k of ``lesions`` painted as k on the label grid (0 elsewhere), for the SEG."""
+    liver_outline_zyx: Outline | None = None
+    """The liver's outer contour on one slice (that of the largest lesion's longest diameter,
+    else the liver's largest cross-section), at most 200 boundary voxel centres; what a
+    viewer draws for the liver. None without liver."""
 
 
 def measure(labels: npt.NDArray[np.integer], spacing_xyz: Sequence[float],
@@ -102,8 +113,64 @@ def measure(labels: npt.NDArray[np.integer], spacing_xyz: Sequence[float],
     liver_ml = float(np.count_nonzero((labels == LIVER) | (labels == TUMOUR))) * voxel_ml
     tumour_ml = float(np.count_nonzero(labels == TUMOUR)) * voxel_ml
     burden = 100.0 * tumour_ml / liver_ml if liver_ml > 0 else 0.0
+    liver = (labels == LIVER) | (labels == TUMOUR)
+    outline_slice = lesions[0].longest_diameter_slice if lesions else None
     return StudyMeasurements(lesions, liver_ml, tumour_ml, burden, reference,
-                             _paint(labels.shape, components))
+                             _paint(labels.shape, components),
+                             liver_outline(liver, outline_slice))
+
+
+def liver_outline(liver: npt.NDArray[np.bool_], z: int | None = None,
+                  max_points: int = MAX_OUTLINE_POINTS) -> Outline | None:
+    """Outer contour of the largest 8-connected part of ``liver[z]`` as voxel centres.
+
+    ``z`` None takes the slice with the most liver voxels. The contour is a Moore-neighbour
+    trace of boundary voxels, clockwise on screen, thinned evenly to ``max_points``; None
+    when the slice holds fewer than 3 boundary voxels (nothing to draw as a polygon).
+    """
+    if not liver.any():
+        return None
+    if z is None:
+        z = int(np.argmax(liver.sum(axis=(1, 2))))
+    components, count = ndimage.label(liver[z], structure=np.ones((3, 3), bool))
+    if count == 0:
+        return None
+    sizes = ndimage.sum_labels(np.ones_like(components), components, range(1, count + 1))
+    trace = _moore_trace(components == int(np.argmax(sizes)) + 1)
+    if len(trace) < 3:
+        return None
+    if len(trace) > max_points:
+        keep = np.linspace(0, len(trace), max_points, endpoint=False).astype(int)
+        trace = [trace[i] for i in keep]
+    return tuple((float(z), float(y), float(x)) for y, x in trace)
+
+
+def _moore_trace(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """Boundary voxels ``(y, x)`` of one 8-connected 2-D region, in order, each turn once.
+
+    Radial sweep: from each boundary voxel, look clockwise around it starting just after the
+    direction it was entered from; stop on re-entering the start the way it was first left.
+    """
+    padded = np.pad(mask, 1)
+    start = (int(np.argwhere(padded)[0][0]), int(np.argwhere(padded)[0][1]))
+    trace, current, back = [start], start, 6  # entered from the west: raster-first voxel
+    first_move: tuple[int, int] | None = None
+    for _ in range(4 * padded.size):
+        for turn in range(1, 9):
+            k = (back + turn) % 8
+            step = (current[0] + _AROUND[k][0], current[1] + _AROUND[k][1])
+            if padded[step]:
+                break
+        else:
+            break  # a single voxel
+        if first_move is None:
+            first_move = step
+        elif current == start and step == first_move:
+            trace.pop()  # the start again, already first
+            break
+        trace.append(step)
+        current, back = step, (k + 4) % 8
+    return [(y - 1, x - 1) for y, x in trace]
 
 
 def _paint(shape: tuple[int, ...], components: Sequence[tuple[npt.NDArray[np.bool_],

@@ -239,6 +239,7 @@ def _export(inputs: _Inputs, seg: SegmentationResult, measurements: StudyMeasure
         inputs.arterial_datasets, seg_ds, measurements.lesions,
         liver_volume_ml=measurements.liver_volume_ml,
         tumour_burden_pct=measurements.tumour_burden_pct,
+        liver_outline_zyx=measurements.liver_outline_zyx,
         series_instance_uid=sr_id.series_instance_uid, sop_instance_uid=sr_id.sop_instance_uid,
         series_number=sr_id.series_number, algorithm=algorithm, software_versions=software,
         extra_text=[*_provenance_text(inputs), *notes, *response_notes,

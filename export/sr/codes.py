@@ -14,6 +14,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 __all__ = [
+    "AREA",
     "BASELINE_DIAMETER",
     "BASELINE_VIABLE_DIAMETER",
     "CHANGE_FROM_BASELINE",
@@ -52,6 +53,7 @@ __all__ = [
     "UNIT_MILLIMETRE",
     "UNIT_NO_UNITS",
     "UNIT_PERCENT",
+    "UNIT_SQUARE_MILLIMETRE",
     "VIABLE_DIAMETER",
     "VOLUME",
 ]
@@ -76,6 +78,7 @@ PROCEDURE_REPORTED = _cc(codes.cid100.ImagingProcedure)
 # Measurement names (TID 1419 rows; CID 7469 generic size measurements).
 VOLUME = _cc(codes.SCT.Volume)  # (118565006, SCT, "Volume")
 LONGEST_DIAMETER = _cc(codes.SCT.LongAxis)  # (103339001, SCT, "Long Axis")
+AREA = _cc(codes.SCT.Area)  # (42798000, SCT, "Area")
 VIABLE_DIAMETER = hd.sr.CodedConcept(
     value="HEP0001",
     scheme_designator=PRIVATE_SCHEME,
@@ -90,6 +93,7 @@ TUMOUR_BURDEN = hd.sr.CodedConcept(
 # UCUM units (CID 7181); "ml" is spelled as UCUM writes it.
 UNIT_MILLILITRE = hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter")
 UNIT_MILLIMETRE = _cc(codes.UCUM.Millimeter)
+UNIT_SQUARE_MILLIMETRE = _cc(codes.UCUM.SquareMillimeter)
 UNIT_PERCENT = _cc(codes.UCUM.Percent)
 
 # Finding descriptors of the measurement groups (TID 1411 rows 4-5, 10).

@@ -3,7 +3,9 @@
 Shape (PS3.16 TID 1500): one TID 1411 volumetric group per lesion, each
 referencing its SEG segment, followed by a TID 1410 planar group drawing its
 longest diameter (same tracking UID) when the end points are known; one TID 1411
-group for the liver with its volume and the tumour burden; and the TID 1500 row
+group for the liver with its volume and the tumour burden, followed by a TID 1410
+group outlining the liver on one slice (same tracking UID) when the outline is known;
+and the TID 1500 row
 12 "Qualitative Evaluations"
 container holding TEXT items (row 14): the research-use disclaimer first, then
 the pipeline's ``extra_text`` notes as "name: value".
@@ -41,6 +43,8 @@ __all__ = [
 SERIES_DESCRIPTION = "Hepatica liver and tumour measurements"
 Chord = tuple[tuple[float, float, float], tuple[float, float, float]]
 """Two voxel centres ``[z, y, x]`` on one source slice (a lesion's longest diameter)."""
+Outline = Sequence[tuple[float, float, float]]
+"""Voxel centres ``[z, y, x]`` around a closed contour on one source slice (the liver's)."""
 
 
 def lesion_tracking_uid(segmentation_uid: str, segment_number: int) -> str:
@@ -63,13 +67,15 @@ def build_measurement_report(
     extra_text: Sequence[tuple[str, str]] = (),
     instance_number: int = 1,
     extra_groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations] = (),
+    liver_outline_zyx: Outline | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 report for ``lesions`` segmented in ``segmentation``.
 
     Evidence (source images and the SEG) must belong to one study, the SR joins
     it. Lesion k refers to SEG segment k + 1 (see ``export.seg``). ``extra_groups``
     (TID 1501, no ROI of their own) follow the lesion groups. The z of a lesion's
-    ``longest_diameter_endpoints_zyx`` indexes ``source_images`` (the SEG's order).
+    ``longest_diameter_endpoints_zyx`` indexes ``source_images`` (the SEG's order), as
+    does the z of ``liver_outline_zyx`` (drawn as the liver's TID 1410 group when given).
     """
     require_same_study([*source_images, segmentation])
     _check_segments(segmentation, lesions)
@@ -78,6 +84,7 @@ def build_measurement_report(
                  | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
                  | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
         _liver_group(segmentation, liver_volume_ml, tumour_burden_pct, algorithm_id)]
+    groups += _liver_outline_group(source_images, segmentation, liver_outline_zyx, algorithm_id)
     for lesion in lesions:
         groups.append(_lesion_group(segmentation, lesion, algorithm_id))
         groups += _long_axis_group(source_images, segmentation, lesion, algorithm_id)
@@ -259,6 +266,51 @@ def _liver_group(
         algorithm_id=algorithm_id,
         measurements=measurements,
     )
+
+
+def _liver_outline_group(
+    source_images: Sequence[Dataset],
+    segmentation: Dataset,
+    outline: Outline | None,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """TID 1410 group: the liver's outline on one source slice and the area it encloses.
+
+    Same tracking UID as the liver's TID 1411 group, so viewers that place every tracked
+    finding on an image (OHIF reads the first SCOORD of each tracking UID) can draw the
+    liver. The outline is a closed POLYLINE (first point repeated last: a polygon, PS3.3
+    C.18.6.1.2) of voxel centres; its Area is the polygon's, in mm². Empty without an
+    outline or on a multi-frame source (frame unknown).
+    """
+    if outline is None:
+        return []
+    points = list(outline)
+    z = points[0][0] if points else -1.0
+    if (len(points) < 3 or any(p[0] != z for p in points) or z != int(z)
+            or not 0 <= z < len(source_images)):
+        raise ValueError(f"liver outline of {len(points)} points is not a contour on one of "
+                         f"the {len(source_images)} source slices")
+    image = source_images[int(z)]
+    if int(image.get("NumberOfFrames", 1) or 1) > 1:
+        return []
+    data = np.array([[x + 0.5, y + 0.5] for _, y, x in [*points, points[0]]], dtype=np.float64)
+    row_mm, column_mm = (float(v) for v in image.PixelSpacing)
+    columns, rows = data[:, 0] * column_mm, data[:, 1] * row_mm
+    area = 0.5 * abs(float(np.dot(columns[:-1], rows[1:]) - np.dot(rows[:-1], columns[1:])))
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=data,
+        source_image=hd.sr.SourceImageForRegion.from_source_image(image),
+    )
+    return [hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(segmentation, LIVER_SEGMENT_NUMBER, "Liver"),
+        referenced_region=region,
+        finding_type=codes.LIVER_FINDING_TYPE,
+        finding_category=codes.LIVER_FINDING_CATEGORY,
+        finding_sites=[hd.sr.FindingSite(codes.FINDING_SITE_LIVER)],
+        algorithm_id=algorithm_id,
+        measurements=[_measurement(codes.AREA, area, codes.UNIT_SQUARE_MILLIMETRE)],
+    )]
 
 
 def _referenced_segment(segmentation: Dataset, segment_number: int) -> hd.sr.ReferencedSegment:

@@ -278,3 +278,69 @@ def test_sr_rejects_nan(
     broken = Lesion(1, float("nan"), 1.0, 1.0, (0.0, 0.0, 0.0))
     with pytest.raises(ValueError, match="not a finite number"):
         _build(source_images, segmentation, [broken])
+
+
+LIVER_OUTLINE = ((2.0, 10.0, 8.0), (2.0, 10.0, 51.0), (2.0, 49.0, 51.0), (2.0, 49.0, 8.0))
+"""The box liver's corner voxel centres on slice 2, clockwise on screen."""
+
+
+def _build_with_outline(sources: list[Dataset], seg: Dataset, lesions: Sequence[Lesion],
+                        outline: Sequence[tuple[float, float, float]]
+                        ) -> hd.sr.Comprehensive3DSR:
+    ident = ResultIdentity.derive(sources[0].StudyInstanceUID, "0.1.0", "sr", 902)
+    return build_measurement_report(
+        sources, seg, lesions, liver_volume_ml=1520.5, tumour_burden_pct=0.09,
+        series_instance_uid=ident.series_instance_uid, sop_instance_uid=ident.sop_instance_uid,
+        series_number=902, algorithm=ALGORITHM, software_versions=SOFTWARE_VERSIONS,
+        extra_text=EXTRA, liver_outline_zyx=outline)
+
+
+@needs_dciodvfy
+@pytest.mark.dcmtk
+def test_sr_with_liver_outline_passes_dciodvfy(
+    source_images: list[Dataset], segmentation: hd.seg.Segmentation, lesions: list[Lesion],
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sr.dcm"
+    _build_with_outline(source_images, segmentation, lesions, LIVER_OUTLINE).save_as(
+        path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+
+
+def test_sr_liver_outline_round_trips(
+    source_images: list[Dataset], segmentation: hd.seg.Segmentation, lesions: list[Lesion],
+    tmp_path: Path,
+) -> None:
+    """The liver's TID 1410 group: a closed polyline on its slice, the polygon's area, and
+    the liver group's tracking UID, so every tracking UID of the report has coordinates."""
+    sr = _read(_build_with_outline(source_images, segmentation, lesions, LIVER_OUTLINE),
+               tmp_path)
+    report = _report(sr)
+    (volumetric,) = report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Liver)
+    (planar,) = report.get_planar_roi_measurement_groups(finding_type=codes.SCT.Liver)
+    assert planar.tracking_uid == volumetric.tracking_uid
+    assert planar.tracking_identifier == "Liver"
+    assert planar.finding_sites[0].value == codes.SCT.Liver
+    _check(planar, codes.SCT.Area, 43 * 39 * 1.5 * 1.5, "mm2")
+    region = planar.roi
+    assert isinstance(region, hd.sr.ImageRegion)
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    assert region.value.tolist() == [[8.5, 10.5], [51.5, 10.5], [51.5, 49.5], [8.5, 49.5],
+                                     [8.5, 10.5]]  # closed: the first point again
+    assert (region.ContentSequence[0].referenced_sop_instance_uid
+            == source_images[2].SOPInstanceUID)
+    all_groups = [*report.get_volumetric_roi_measurement_groups(),
+                  *report.get_planar_roi_measurement_groups()]
+    drawn = {g.tracking_uid for g in report.get_planar_roi_measurement_groups()}
+    assert {g.tracking_uid for g in all_groups} == drawn
+
+
+@pytest.mark.parametrize("outline", [LIVER_OUTLINE[:2], ((2.0, 10.0, 8.0), (3.0, 10.0, 51.0),
+                                                         (2.0, 49.0, 51.0)),
+                                     tuple((9.0, y, x) for _, y, x in LIVER_OUTLINE)])
+def test_sr_rejects_a_liver_outline_off_one_slice(
+    source_images: list[Dataset], segmentation: hd.seg.Segmentation, lesions: list[Lesion],
+    outline: Sequence[tuple[float, float, float]],
+) -> None:
+    with pytest.raises(ValueError, match="not a contour on one of the 8 source slices"):
+        _build_with_outline(source_images, segmentation, lesions, outline)

@@ -7,10 +7,12 @@ import math
 import numpy as np
 import numpy.typing as npt
 import pytest
+from scipy import ndimage
 
 from inference.measurements import (
     LIVER,
     TUMOUR,
+    liver_outline,
     longest_axial_chord,
     longest_axial_diameter,
     max_feret_diameter,
@@ -182,3 +184,35 @@ def test_diagonal_neighbours_join_with_26_connectivity() -> None:
     labels[0, 1, 1] = labels[1, 2, 2] = labels[2, 3, 3] = TUMOUR
     assert len(measure(labels, SPACING).lesions) == 1
     assert len(measure(labels, SPACING, connectivity=1).lesions) == 3
+
+
+def test_liver_outline_traces_the_boundary_on_the_lesion_slice() -> None:
+    """The outline: boundary voxel centres of the liver (tumour included) on the slice of the
+    largest lesion's longest diameter, in order (neighbours touch), at most 200 points."""
+    labels = np.zeros((6, 60, 70), np.uint8)
+    yy, xx = np.mgrid[0:60, 0:70]
+    for z in range(1, 5):
+        labels[z][(yy - 30) ** 2 / (20 + z) ** 2 + (xx - 35) ** 2 / (28 + z) ** 2 < 1] = LIVER
+    labels[3, 25:31, 30:36] = TUMOUR
+    labels[1, 2, 2] = LIVER  # a speck apart from the liver: not outlined
+    result = measure(labels, (1.0, 1.0, 2.0))
+    outline = result.liver_outline_zyx
+    assert outline is not None and 3 <= len(outline) <= 200
+    assert {p[0] for p in outline} == {3.0} == {float(result.lesions[0].longest_diameter_slice)}
+    liver = labels[3] > 0
+    boundary = liver & ~ndimage.binary_erosion(liver)
+    assert all(boundary[int(y), int(x)] for _, y, x in outline)
+    steps = np.abs(np.diff(np.array([p[1:] for p in [*outline, outline[0]]]), axis=0))
+    assert steps.max() <= 1  # 8-neighbours all the way round, closed
+
+
+def test_liver_outline_without_lesions_and_thinned() -> None:
+    liver = np.zeros((3, 300, 300), bool)
+    liver[1, 20:280, 30:270] = True
+    liver[2, 50:60, 50:60] = True
+    outline = liver_outline(liver)  # the largest cross-section: slice 1
+    assert outline is not None and len(outline) == 200 and {p[0] for p in outline} == {1.0}
+    assert liver_outline(np.zeros((2, 5, 5), bool)) is None
+    speck = np.zeros((1, 5, 5), bool)
+    speck[0, 2, 2] = True
+    assert liver_outline(speck) is None

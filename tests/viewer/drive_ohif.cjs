@@ -125,9 +125,9 @@ async function main() {
     await page.screenshot({ path: path.join(out, '03-seg-all-segments.png') });
 
     // The SR: double-click its thumbnail, as a reader does. OHIF's SR handler parses the
-    // TID 1500 measurement groups into its display set; the Python test compares them with
-    // the SR in Orthanc. (OHIF 3.13.2 then fails to place groups that have no SCOORD, such
-    // as Hepatica's segment-referenced volumes: its error toast is recorded, not judged.)
+    // TID 1500 measurement groups into its display set (one per tracking UID, merging its
+    // TID 1411 and TID 1410 groups) and draws them on the referenced slice; the Python test
+    // compares them with the SR in Orthanc.
     await page.getByText(job.sr_description, { exact: false }).first().dblclick();
     await page.waitForFunction((desc) => window.services.displaySetService.getActiveDisplaySets()
       .some((d) => d.Modality === 'SR' && d.SeriesDescription === desc && d.isLoaded), job.sr_description);
@@ -153,6 +153,23 @@ async function main() {
     await page.waitForTimeout(1000);
     await page.screenshot({ path: path.join(out, '05-sr-tag-browser.png') });
     result.tag_browser_text = await dialog.innerText();
+    await page.keyboard.press('Escape');
+    await page.waitForTimeout(500);
+
+    // What the SR viewport draws and lists: every group placed on its image (the labels are
+    // the SR's values), and the measurement panel, which lists only measurements OHIF could
+    // turn into its own tools ("rehydrate"; OHIF 3.13.2 has no generic adapter for a
+    // two-point POLYLINE or a polygon, so Hepatica's SR is drawn but not rehydratable).
+    result.sr_viewport_text = await page.locator('[data-cy="viewport-pane"]').first().innerText();
+    result.sr_rehydratable = await page.evaluate((desc) => window.services.displaySetService
+      .getActiveDisplaySets().find((x) => x.Modality === 'SR' && x.SeriesDescription === desc)
+      .isRehydratable, job.sr_description);
+    await page.locator('[data-cy="side-panel-header-right"]').first().click();
+    await page.locator('[data-cy="trackedMeasurements-btn"]').first().click();
+    await page.waitForTimeout(1000);
+    await page.screenshot({ path: path.join(out, '06-sr-measurement-panel.png') });
+    result.measurement_panel_text = await page.locator('[data-cy="trackedMeasurements-panel"]')
+      .first().innerText();
     result.ok = true;
   } catch (err) {
     result.error = String(err && err.stack || err);

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -251,3 +252,23 @@ def test_ohif_shows_the_tumour_overlay_on_the_tumour_and_lists_the_sr(
     lesion_groups = [k for k in parsed if k.startswith("Lesion")]
     assert len(lesion_groups) == len(labels) - 1  # SR lesions are the SEG's tumour segments
     assert "Lesion 1" in result["tag_browser_text"]
+
+    # Every tracking UID has image coordinates (the liver its outline, each lesion its long
+    # axis), so OHIF places every group and draws the report instead of "Something went
+    # wrong". It opens on the first group's slice, the liver outline's, which is the slice
+    # of Lesion 1's long axis: the viewport lists that lesion's values next to its line.
+    assert all(m["coords"] >= 1 for m in result["sr_display_set"]["measurements"]), (
+        result["sr_display_set"])
+    assert "Something went wrong" not in result["sr_page_text"]
+    listed = [float(v) for v in re.findall(r"Long axis: ([0-9.]+) mm",
+                                           result["sr_viewport_text"])]
+    assert listed and all(abs(v - stored["Lesion 1"]["Long axis"]) <= 0.5 for v in listed), (
+        listed, stored["Lesion 1"])
+    areas = [float(v) for v in re.findall(r"Area: ([0-9.]+) mm2", result["sr_viewport_text"])]
+    assert len(areas) == 1 and abs(areas[0] - stored["Liver"]["Area"]) <= 0.006, areas
+    # OHIF's measurement panel lists only measurements it can turn into its own tools; it has
+    # no adapter for a 2-point POLYLINE or a polygon that is not cornerstone's, so it stays
+    # empty (its screenshot, 06-sr-measurement-panel.png, documents this).
+    (ARTIFACTS / "sr_viewer.json").write_text(json.dumps(
+        {"viewport_text": result["sr_viewport_text"], "rehydratable": result["sr_rehydratable"],
+         "measurement_panel": result["measurement_panel_text"]}, indent=1))
