@@ -272,9 +272,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     families = p.add_subparsers(title="family", metavar="FAMILY")
     seg = families.add_parser("segmentation", help="liver + tumour 3-D UNet on phantoms")
     seg.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    seg.add_argument("--cases", type=int, default=32, help="training phantoms")
-    seg.add_argument("--steps", type=int, default=2000)
-    seg.add_argument("--necrosis-probability", type=float, default=0.5,
+    seg.add_argument("--cases", type=int, default=40, help="training phantoms")
+    seg.add_argument("--steps", type=int, default=3000)
+    seg.add_argument("--necrosis-probability", type=float, default=0.8,
                      help="share of large training lesions with a necrotic part")
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--validation-cases", type=int, default=4)
