@@ -17,19 +17,14 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 
 from export.common import (
-    CHARACTER_SET,
-    MANUFACTURER,
     AlgorithmInfo,
-    contributing_equipment,
     derive_uid,
     require_same_study,
 )
 from export.sr import codes
 from export.sr.sop import (
-    SERIES_DESCRIPTION,
     _algorithm_id,
-    _observation_context,
-    _qualitative_evaluations,
+    wrap_report,
 )
 
 __all__ = ["build_report_without_segmentation", "not_run_group"]
@@ -71,19 +66,7 @@ def build_report_without_segmentation(
     require_same_study(list(source_images))
     study_uid = str(source_images[0].StudyInstanceUID)
     groups = [not_run_group(a, study_uid) for a in not_run] + list(extra_groups)
-    report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(algorithm),
-        procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=groups,
-        referenced_images=list(source_images),
-    )
-    report[0].ContentSequence.append(_qualitative_evaluations(extra_text))
-    return hd.sr.Comprehensive3DSR(
-        evidence=list(source_images), content=report[0],
-        series_instance_uid=series_instance_uid, series_number=series_number,
-        sop_instance_uid=sop_instance_uid, instance_number=instance_number,
-        manufacturer=MANUFACTURER, is_complete=True, series_description=SERIES_DESCRIPTION,
-        software_versions=software_versions, manufacturer_model_name=algorithm.name,
-        contributing_equipment=[contributing_equipment(algorithm, software_versions)],
-        coding_schemes=[codes.CODING_SCHEME], specific_character_set=CHARACTER_SET,
-    )
+    return wrap_report(groups, source_images, source_images, extra_text,
+                       series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
+                       series_number=series_number, instance_number=instance_number,
+                       algorithm=algorithm, software_versions=software_versions)

@@ -14,6 +14,7 @@ the pipeline's ``extra_text`` notes as "name: value".
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -89,28 +90,37 @@ def build_measurement_report(
         groups.append(_lesion_group(segmentation, lesion, algorithm_id))
         groups += _long_axis_group(source_images, segmentation, lesion, algorithm_id)
     groups += list(extra_groups)  # TID 1501 groups, e.g. the response (export.sr.response)
+    return wrap_report(groups, source_images, [*source_images, segmentation], extra_text,
+                       series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
+                       series_number=series_number, instance_number=instance_number,
+                       algorithm=algorithm, software_versions=software_versions)
+
+
+def wrap_report(groups: Sequence[Any], source_images: Sequence[Dataset],
+                evidence: Sequence[Dataset], extra_text: Sequence[tuple[str, str]], *,
+                series_instance_uid: str, sop_instance_uid: str, series_number: int,
+                instance_number: int, algorithm: AlgorithmInfo,
+                software_versions: str) -> hd.sr.Comprehensive3DSR:
+    """TID 1500 around ``groups``, with the notes, as a Comprehensive 3D SR object.
+
+    The one place both the full and the partial report get their document identity, so
+    the two never differ in manufacturer, coding schemes or character set.
+    """
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=groups,
+        imaging_measurements=list(groups),
         referenced_images=list(source_images),
     )
     report[0].ContentSequence.append(_qualitative_evaluations(extra_text))
     return hd.sr.Comprehensive3DSR(
-        evidence=[*source_images, segmentation],
-        content=report[0],
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        series_description=SERIES_DESCRIPTION,
-        software_versions=software_versions,
-        manufacturer_model_name=algorithm.name,
+        evidence=list(evidence), content=report[0],
+        series_instance_uid=series_instance_uid, series_number=series_number,
+        sop_instance_uid=sop_instance_uid, instance_number=instance_number,
+        manufacturer=MANUFACTURER, is_complete=True, series_description=SERIES_DESCRIPTION,
+        software_versions=software_versions, manufacturer_model_name=algorithm.name,
         contributing_equipment=[contributing_equipment(algorithm, software_versions)],
-        coding_schemes=[codes.CODING_SCHEME],
-        specific_character_set=CHARACTER_SET,
+        coding_schemes=[codes.CODING_SCHEME], specific_character_set=CHARACTER_SET,
     )
 
 
