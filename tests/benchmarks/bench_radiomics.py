@@ -17,7 +17,7 @@ from pathlib import Path
 from dicom_io.synthetic.anatomy import make_phantom
 from dicom_io.synthetic.cohort import patient_spec, simulate
 from inference.radiomics import FeatureCache, extract_all, make_tasks, settings_path
-from plugin.radiomics_cohort import largest_lesion
+from plugin.research.radiomics_cohort import largest_lesion
 
 
 def bench(patients: int, settings: str, workers: int) -> None:

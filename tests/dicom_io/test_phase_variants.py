@@ -14,10 +14,10 @@ import pydicom
 import pytest
 
 from dicom_io.phases import label_series, load_site_rules
+from dicom_io.selection import choose, label_all
 from dicom_io.series import SeriesInstances, load_study, series_to_volume, split_series
 from dicom_io.synthetic import PhantomSpec, make_phantom, write_phantom_study
 from dicom_io.synthetic.sequences import CT_SEQUENCES, MR_SEQUENCES
-from plugin.selection import choose, label_all
 
 TINY = PhantomSpec(rows=64, columns=64, slices=12, pixel_spacing_mm=6.0, slice_spacing_mm=12.0)
 EXPECTED = {"PRE": "PRE", "AP_EARLY": "AP", "AP": "AP", "PVP": "PVP", "DP": "DP",

@@ -97,7 +97,7 @@ def run_report(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFactory
     import io
     import json
 
-    from plugin import evaluate_cli
+    from plugin.cli import evaluate as evaluate_cli
 
     out = tmp_path_factory.mktemp("run_report")
     parser = argparse.ArgumentParser(prog="hepatica")

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 
 from inference.evaluation import EvaluationError, evaluate
-from plugin import evaluate_cli
+from plugin.cli import evaluate as evaluate_cli
 
 Edit = Callable[[pd.DataFrame, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    """The sub-command as plugin/cli.py will mount it."""
+    """The sub-command as plugin/cli/main.py will mount it."""
     parser = argparse.ArgumentParser(prog="hepatica")
     evaluate_cli.add_parser(parser.add_subparsers(dest="command"))
     return parser.parse_args(argv)

@@ -21,10 +21,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from inference.bundle import load_bundle
-from plugin import evaluate_cli
-from plugin.evaluate_run import ALL_IMAGES
-from plugin.models import SHIPPED_BUNDLES
-from plugin.train_cli import score_rows
+from plugin.cli import evaluate as evaluate_cli
+from plugin.cli.train import score_rows
+from plugin.pipeline.models import SHIPPED_BUNDLES
+from plugin.research.evaluate_run import ALL_IMAGES
 
 Run = tuple[Path, dict[str, Any], str]
 RADIOMICS_DATA = Path(__file__).resolve().parents[1] / "data" / "radiomics"
@@ -201,10 +201,10 @@ def test_run_with_a_features_csv_as_cohort(tmp_path: Path) -> None:
 def test_without_features_the_phantom_images_are_rendered(
     phantom_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No --features: radiomics come from plugin.radiomics_cohort with the bundle's own
+    """No --features: radiomics come from plugin.research.radiomics_cohort with the bundle's own
     extraction settings (stubbed here with the held-out values; the real extraction takes
     ~7 s per patient and is what `hepatica train` uses)."""
-    import plugin.evaluate_run as run_module
+    import plugin.research.evaluate_run as run_module
 
     seen = []
     rows = {r["patient_id"]: {k: float(v) for k, v in r.items() if k not in ("patient_id", "pd")}

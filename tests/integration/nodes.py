@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from plugin.demo import free_port, start_archive
-from plugin.jobs import Job, JobQueue, JobState
+from plugin.cli.demo import free_port, start_archive
+from plugin.node.jobs import Job, JobQueue, JobState
 
 STORESCU = "/usr/bin/storescu"
 DCIODVFY = "/usr/bin/dciodvfy"

@@ -17,7 +17,7 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from plugin.jobs import JobState
+from plugin.node.jobs import JobState
 from tests.integration.nodes import (
     dciodvfy_errors,
     free_port,

@@ -19,7 +19,7 @@ import pytest
 from dicom_io.synthetic import PhantomSpec
 from dicom_io.synthetic.timepoints import plan_courses, write_timepoints
 from export.sr import codes
-from plugin.jobs import JobState
+from plugin.node.jobs import JobState
 from tests.integration.nodes import (
     free_port,
     start_archive,

@@ -22,7 +22,7 @@ from dicom_io.series import load_study, series_to_volume
 from dicom_io.synthetic import Phantom, PhantomSpec, make_phantom, write_phantom_study
 from export.sr import codes as sr_codes
 from inference.measurements import TUMOUR, measure
-from plugin.pipeline import PipelineSettings, process_study
+from plugin.pipeline.run import PipelineSettings, process_study
 
 SEED = 424_261  # not a training/validation seed
 SMALL = PhantomSpec(sequences=("AP", "PVP"), rows=128, columns=128, slices=32,

@@ -16,8 +16,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from plugin.pipeline import process_study
-from plugin.training import dice
+from plugin.pipeline.run import process_study
+from plugin.research.training import dice
 
 pytestmark = pytest.mark.slow
 

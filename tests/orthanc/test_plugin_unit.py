@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from plugin.config import HepaticaConfig, OrthancConfig, load_config
-from plugin.demo import free_port
-from plugin.jobs import JobQueue, JobState
-from plugin.orthanc import bridge
-from plugin.orthanc.app import HepaticaOrthanc, heartbeat_path
-from plugin.orthanc.filters import (
+from plugin.cli.demo import free_port
+from plugin.node.config import HepaticaConfig, OrthancConfig, load_config
+from plugin.node.jobs import JobQueue, JobState
+from plugin.node.orthanc import bridge
+from plugin.node.orthanc.app import HepaticaOrthanc, heartbeat_path
+from plugin.node.orthanc.filters import (
     OWN_MANUFACTURER,
     SeriesFacts,
     StudyFacts,
@@ -29,7 +29,7 @@ from plugin.orthanc.filters import (
     is_own_series,
     source_fingerprint,
 )
-from plugin.orthanc_worker import OrthancClient, OrthancUnavailable
+from plugin.node.orthanc_worker import OrthancClient, OrthancUnavailable
 from tests.inference.inference_helpers import write_bundle_toml, write_scale_model
 from tests.orthanc import fake_orthanc
 
@@ -274,7 +274,7 @@ def test_catch_up_queues_studies_a_restart_left_unstable(plugin: ModuleType) -> 
 
 
 def test_pipeline_version_is_the_pipelines(plugin: ModuleType, bundle_dir: Path) -> None:
-    from plugin.models import pipeline_version, segmentation_bundle
+    from plugin.pipeline.models import pipeline_version, segmentation_bundle
 
     assert plugin.APP.pipeline_version() == pipeline_version(segmentation_bundle((bundle_dir,)))
 

@@ -1,4 +1,4 @@
-"""plugin.clinical: REST store, watched folder and SR in the study, first source wins."""
+"""plugin.pipeline.clinical: REST store, watched folder and SR in the study, first source wins."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from plugin.clinical import from_folder, from_sr, gather_clinical
-from plugin.orthanc.store import OrthancStore
+from plugin.node.orthanc.store import OrthancStore
+from plugin.pipeline.clinical import from_folder, from_sr, gather_clinical
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 

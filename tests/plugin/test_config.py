@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin.config import (
+from plugin.node.config import (
     ConfigError,
     DestinationConfig,
     HepaticaConfig,

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dicom_io.synthetic import PhantomSpec, make_phantom, write_phantom_study
-from plugin.cli import main
+from plugin.cli.main import main
 from tests.shared_data import REAL_DATA
 
 REAL = REAL_DATA

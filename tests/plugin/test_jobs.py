@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from plugin.jobs import SCHEMA_VERSION, Job, JobQueue, JobState, JobStateError, format_jobs_table
+from plugin.node.jobs import (
+    SCHEMA_VERSION,
+    Job,
+    JobQueue,
+    JobState,
+    JobStateError,
+    format_jobs_table,
+)
 
 VERSION = "hepatica-0.1.0+bundles-1"
 UID = "1.2.826.0.1.3680043.8.498.11111111111111111111"

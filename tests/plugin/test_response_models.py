@@ -14,20 +14,20 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from dicom_io.selection import choose, label_all
 from dicom_io.series import load_study, series_to_volume
 from dicom_io.synthetic import PhantomSpec, make_phantom, write_phantom_study
 from inference.bundle import load_bundle
-from plugin.models import SHIPPED_BUNDLES
-from plugin.pipeline import PipelineSettings
-from plugin.radiomics_cohort import largest_lesion
-from plugin.response_models_step import (
+from plugin.cli.train import score_rows
+from plugin.pipeline.models import SHIPPED_BUNDLES
+from plugin.pipeline.prediction import (
     ResponseSettings,
     StudyContext,
     response_sr_parts,
     run_response_models,
 )
-from plugin.selection import choose, label_all
-from plugin.train_cli import score_rows
+from plugin.pipeline.run import PipelineSettings
+from plugin.research.radiomics_cohort import largest_lesion
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "radiomics"
 RADIOMICS = SHIPPED_BUNDLES / "hepatica-radiomics-pd-ct"

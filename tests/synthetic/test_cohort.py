@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from dicom_io.synthetic.cohort import COLUMNS, simulate, write_cohort, write_patient
-from plugin.phantom_cli import add_cohort_parser, rewrite_phantom_cohort
+from plugin.cli.phantom import add_cohort_parser, rewrite_phantom_cohort
 
 _REQUIRED_TEXT = (
     "patient_id scenario age sex hbv child_pugh bclc cnlc ecog afp afp_1m afp_response "

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from dicom_io.phases import PhaseRules, load_site_rules
 from dicom_io.roi import image_series
+from dicom_io.selection import LabelledSeries, choose, label_all
 from dicom_io.series import GeometryError, load_study, series_to_volume
 from dicom_io.volume import Volume, resample_like
 from export.common import RESEARCH_USE_TEXT, AlgorithmInfo, ResultIdentity
@@ -30,17 +31,16 @@ from inference.measurements import StudyMeasurements, measure
 from inference.runtime import create_session
 from inference.segmentation import SegmentationResult, segment
 from plugin import __version__
-from plugin.models import pipeline_version, segmentation_bundle
-from plugin.partial_report import report_without_segmentation
-from plugin.reader_roi import choose_tumour_roi
-from plugin.response_models_step import (
+from plugin.pipeline.models import pipeline_version, segmentation_bundle
+from plugin.pipeline.partial_report import report_without_segmentation
+from plugin.pipeline.prediction import (
     ResponseOutcome,
     ResponseSettings,
     response_sr_parts,
     run_for_pipeline,
 )
-from plugin.response_step import PriorResponse, PriorSettings, run_in_pipeline
-from plugin.selection import LabelledSeries, choose, label_all
+from plugin.pipeline.reader_roi import choose_tumour_roi
+from plugin.pipeline.recist import PriorResponse, PriorSettings, run_in_pipeline
 
 log = logging.getLogger(__name__)
 

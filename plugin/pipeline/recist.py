@@ -194,7 +194,7 @@ def measure_study_dir(study_dir: Path, phases: Sequence[str],
                       segment_labels: Callable[[list[Volume]], npt.NDArray[np.integer]],
                       ) -> TimePoint:
     """Segment and measure a prior study the way the current one is (same model, phases)."""
-    from plugin.selection import choose, label_all
+    from dicom_io.selection import choose, label_all
 
     labelled = label_all(image_series(load_study(study_dir)))
     volumes: list[Volume] = []

@@ -18,7 +18,7 @@ from rich.table import Table
 from plugin import __version__
 
 if TYPE_CHECKING:
-    from plugin.config import HepaticaConfig
+    from plugin.node.config import HepaticaConfig
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -26,7 +26,7 @@ err = Console(stderr=True)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
-    from plugin import phantom_cli
+    from plugin.cli import phantom as phantom_cli
 
     parser = _parser()
     args = parser.parse_args(phantom_cli.rewrite_phantom_cohort(
@@ -67,10 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_config(sub)
     _add_bench(sub)
-    from plugin import evaluate_cli
+    from plugin.cli import evaluate as evaluate_cli
 
     evaluate_cli.add_parser(sub)
-    from plugin import inspect_cli
+    from plugin.cli import inspect as inspect_cli
 
     inspect_cli.add_parser(sub)
     return parser
@@ -81,7 +81,7 @@ def _add_phantom(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("out_dir", type=Path)
     p.add_argument("--modality", choices=("mr", "ct"), default="mr")
     p.add_argument("--seed", type=int, default=0)
-    from plugin import phantom_cli
+    from plugin.cli import phantom as phantom_cli
 
     phantom_cli.add_phantom_options(p)
     p.set_defaults(func=phantom_cli.run_phantom)
@@ -97,9 +97,9 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from plugin.config import load_config
-    from plugin.pipeline import PipelineSettings, process_study
-    from plugin.response_models_step import ResponseSettings
+    from plugin.node.config import load_config
+    from plugin.pipeline.prediction import ResponseSettings
+    from plugin.pipeline.run import PipelineSettings, process_study
 
     if not args.study_dir.is_dir():
         raise FileNotFoundError(f"study folder {args.study_dir} does not exist")
@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
 def print_result(summary: dict[str, object], out_dir: Path) -> None:
     """The measurements table and where the result files are."""
     measurements = summary["measurements"]
-    if measurements is None:  # the segmentation model could not run (plugin.partial_report)
+    if measurements is None:  # segmentation not run (pipeline.partial_report)
         segmentation = summary.get("segmentation")
         assert isinstance(segmentation, dict)
         console.print(f"no measurements: segmentation not run: {segmentation['reason']}")
@@ -159,8 +159,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from plugin.config import load_config
-    from plugin.service import HepaticaService
+    from plugin.node.config import load_config
+    from plugin.node.service import HepaticaService
 
     config = load_config(args.config)
     if args.orthanc:
@@ -183,7 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _serve_orthanc(config: HepaticaConfig, url: str) -> int:
     from dataclasses import replace
 
-    from plugin.orthanc_worker import OrthancWorker
+    from plugin.node.orthanc_worker import OrthancWorker
 
     config = replace(config, orthanc=replace(config.orthanc, url=url))
     worker = OrthancWorker(config)
@@ -207,7 +207,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from plugin.demo import run_demo
+    from plugin.cli.demo import run_demo
 
     return run_demo(args.out, args.seed, console)
 
@@ -221,8 +221,8 @@ def _add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from plugin.config import load_config
-    from plugin.jobs import JobQueue, JobState, format_jobs_table
+    from plugin.node.config import load_config
+    from plugin.node.jobs import JobQueue, JobState, format_jobs_table
 
     config = load_config(args.config)
     if not config.database.exists():
@@ -253,8 +253,8 @@ def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _models(args: argparse.Namespace) -> int:
-    from plugin.config import load_config
-    from plugin.models import installed_bundles
+    from plugin.node.config import load_config
+    from plugin.pipeline.models import installed_bundles
 
     config = load_config(args.config)
     table = Table(title="Installed model bundles")
@@ -279,7 +279,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--validation-cases", type=int, default=4)
     seg.set_defaults(func=_train_segmentation)
-    from plugin import train_cli
+    from plugin.cli import train as train_cli
 
     train_cli.add_parsers(families)
 
@@ -287,7 +287,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _train_segmentation(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from plugin.training import train_segmentation_bundle
+    from plugin.research.training import train_segmentation_bundle
 
     with Progress(console=console) as bar:
         task = bar.add_task("starting", total=None)
@@ -313,7 +313,7 @@ def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _config(args: argparse.Namespace) -> int:
-    from plugin.config import default_config_toml, load_config
+    from plugin.node.config import default_config_toml, load_config
 
     if args.example:
         sys.stdout.write(default_config_toml())
@@ -331,7 +331,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from plugin.bench import bench_pipeline
+    from plugin.cli.bench import bench_pipeline
 
     with console.status("benchmarking…") as status:
         report = bench_pipeline(args.runs, args.seed,

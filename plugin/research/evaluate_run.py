@@ -4,8 +4,8 @@ Each patient is scored as a node would score the study: the bundle's input vecto
 (``inference.response.build_vector``) through its ONNX model (``inference.response.predict``);
 a nomogram takes the log-odds the radiomics bundle gave the same patient. Radiomics come from
 a features CSV (``--features``: patient_id plus feature columns, as ``hepatica train`` caches
-them) or are extracted by ``plugin.radiomics_cohort`` from a phantom cohort's rows. Reading a
-site's own DICOM studies for a cohort is not implemented yet; a site extracts its features and
+them) or are extracted by ``plugin.research.radiomics_cohort`` from a phantom cohort's rows. Reading
+a site's own DICOM studies for a cohort is not implemented yet; a site extracts its features and
 passes them with ``--features``.
 
 Robustness (seed 000's table) needs the model, so it is made here: every patient is scored
@@ -33,8 +33,8 @@ from inference.response import (
     score_names,
 )
 from inference.runtime import Session, create_session
-from plugin.models import installed_bundles
-from plugin.radiomics_cohort import FeatureSpec, cohort_features
+from plugin.pipeline.models import installed_bundles
+from plugin.research.radiomics_cohort import FeatureSpec, cohort_features
 
 __all__ = ["ALL_IMAGES", "ROBUSTNESS_METHOD", "RunResult", "resolve_bundles", "run_bundles"]
 

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from dicom_io.selection import LabelledSeries, choose
 from dicom_io.series import GeometryError, series_to_volume
 from dicom_io.volume import Volume, resample_like
 from export.sr.response_models import response_model_groups, response_model_notes
@@ -34,9 +35,8 @@ from inference.response import (
     score_names,
 )
 from inference.runtime import create_session
-from plugin.clinical import ClinicalInputs, gather_clinical
-from plugin.models import installed_bundles
-from plugin.selection import LabelledSeries, choose
+from plugin.pipeline.clinical import ClinicalInputs, gather_clinical
+from plugin.pipeline.models import installed_bundles
 
 __all__ = ["ResponseOutcome", "ResponseSettings", "StudyContext", "run_response_models"]
 

@@ -3,7 +3,7 @@
 Three sources, first one wins per variable:
 
 1. **REST** - ``POST /hepatica/studies/{StudyInstanceUID}/clinical`` with a JSON object, on
-   the Orthanc plugin (stored in ``data_dir/orthanc.sqlite3`` by ``plugin.orthanc.store``).
+   the Orthanc plugin (stored in ``data_dir/orthanc.sqlite3`` by ``plugin.node.orthanc.store``).
 2. **Watched folder** ``data_dir/clinical/`` - the embedded node's way (no extra server to
    secure): ``<StudyInstanceUID>.json`` holding ``{"name": value, ...}``, or any ``*.json``
    with ``{"study_instance_uid" | "patient_id": ..., "variables": {...}}``, or any ``*.csv``
@@ -31,7 +31,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from inference.response import ClinicalValue
-from plugin.orthanc.store import validate_clinical
+from plugin.node.orthanc.store import validate_clinical
 
 __all__ = ["ClinicalInputs", "from_folder", "from_sr", "from_store", "gather_clinical"]
 

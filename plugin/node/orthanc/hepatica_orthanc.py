@@ -2,7 +2,7 @@
 
 Orthanc configuration (orthanc-python 4.0 reads ``PythonScript``)::
 
-    "PythonScript": "/opt/hepatica/plugin/orthanc/hepatica_orthanc.py",
+    "PythonScript": "/opt/hepatica/plugin/node/orthanc/hepatica_orthanc.py",
     "Hepatica": {
         "VenvSitePackages": "/opt/hepatica/.venv/lib/python3.11/site-packages",
         "ConfigFile": "/etc/hepatica/hepatica.toml",
@@ -39,12 +39,12 @@ _use_venv(_settings.get("VenvSitePackages", ""))
 
 from pathlib import Path  # noqa: E402
 
-from plugin.config import load_config  # noqa: E402
-from plugin.orthanc import bridge  # noqa: E402
-from plugin.orthanc.app import HepaticaOrthanc  # noqa: E402
-from plugin.orthanc.routes import ROUTES, Request, dispatch  # noqa: E402
+from plugin.node.config import load_config  # noqa: E402
+from plugin.node.orthanc import bridge  # noqa: E402
+from plugin.node.orthanc.app import HepaticaOrthanc  # noqa: E402
+from plugin.node.orthanc.routes import ROUTES, Request, dispatch  # noqa: E402
 
-log = logging.getLogger("plugin.orthanc")
+log = logging.getLogger("plugin.node.orthanc")
 
 
 class _Api:

@@ -18,12 +18,12 @@ from dicom_io.listener import ListenerSettings, StorageSCP
 from dicom_io.privacy import hash_identifier
 from dicom_io.sender import Peer, SendError, send_files
 from dicom_io.spool import Spool, StoredInstance
-from plugin.config import HepaticaConfig
-from plugin.jobs import Job, JobQueue, JobState
-from plugin.models import NoModelError, pipeline_version, segmentation_bundle
-from plugin.pipeline import PipelineError, PipelineSettings, process_study
-from plugin.response_models_step import ResponseSettings
-from plugin.response_step import dimse_priors
+from plugin.node.config import HepaticaConfig
+from plugin.node.jobs import Job, JobQueue, JobState
+from plugin.pipeline.models import NoModelError, pipeline_version, segmentation_bundle
+from plugin.pipeline.prediction import ResponseSettings
+from plugin.pipeline.recist import dimse_priors
+from plugin.pipeline.run import PipelineError, PipelineSettings, process_study
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from dicom_io.priors import PriorCache, PriorStudy, order_timepoints
-from plugin.orthanc.study import OrthancPost
-from plugin.response_step import PriorSettings
+from plugin.node.orthanc.study import OrthancPost
+from plugin.pipeline.recist import PriorSettings
 
 __all__ = ["OrthancPriors", "orthanc_priors"]
 

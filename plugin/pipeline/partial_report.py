@@ -4,7 +4,7 @@ A study without a phase the segmentation bundle needs (no portal-venous series, 
 fail as a job, leaving nothing in the study. Now it gets a TID 1500 report without the
 segmentation-derived groups (``export.sr.partial``): which model did not run and why, the
 series Hepatica saw, and whatever the response bundles make of the study - each records its
-own reason (``plugin.response_models_step``), so the ones whose inputs are present still
+own reason (``plugin.pipeline.prediction``), so the ones whose inputs are present still
 predict. No SEG, heatmaps or RECIST/mRECIST: they all need the segmentation.
 """
 
@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_io.selection import LabelledSeries, choose
 from dicom_io.series import GeometryError, series_to_volume
 from dicom_io.volume import Volume
 from export.common import RESEARCH_USE_TEXT, AlgorithmInfo, ResultIdentity
 from export.sr.partial import build_report_without_segmentation
 from inference.bundle import Bundle
-from plugin.models import pipeline_version
-from plugin.response_models_step import ResponseOutcome, response_sr_parts, run_for_pipeline
-from plugin.selection import LabelledSeries, choose
+from plugin.pipeline.models import pipeline_version
+from plugin.pipeline.prediction import ResponseOutcome, response_sr_parts, run_for_pipeline
 
 __all__ = ["IMAGE_MODALITIES", "report_without_segmentation"]
 

@@ -1,7 +1,7 @@
 """What the Orthanc side keeps beside the job queue: trigger fingerprints, clinical variables.
 
 A separate SQLite file (``data_dir/orthanc.sqlite3``) so that the job queue's schema stays
-``plugin.jobs``'s own. ``triggers`` remembers, per study and pipeline version, the source
+``plugin.node.jobs``'s own. ``triggers`` remembers, per study and pipeline version, the source
 instances a job was queued for: Orthanc fires its stable-study event again after Hepatica's
 results arrive (and sometimes twice for a study sent in pieces), and only a change of the
 source instances may queue the study again. ``clinical`` holds variables posted for a study,
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS clinical (
 
 
 class OrthancStore:
-    """Thread-safe; one connection per process, like :class:`plugin.jobs.JobQueue`."""
+    """Thread-safe; one connection per process, like :class:`plugin.node.jobs.JobQueue`."""
 
     def __init__(self, database: Path, clock: Callable[[], float] = time.time) -> None:
         self.database = Path(database)

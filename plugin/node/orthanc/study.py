@@ -12,7 +12,7 @@ import re
 from dataclasses import replace
 from typing import Any, Protocol
 
-from plugin.orthanc.filters import SeriesFacts, StudyFacts, TriggerRules, is_own_series
+from plugin.node.orthanc.filters import SeriesFacts, StudyFacts, TriggerRules, is_own_series
 
 __all__ = [
     "OrthancPost",

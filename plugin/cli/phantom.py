@@ -1,6 +1,6 @@
 """Command-line options for the richer phantoms and the synthetic cohort (issue 3).
 
-``plugin/cli.py`` owns the parser; this module only adds options and runs them, so the
+``plugin/cli/main.py`` owns the parser; this module only adds options and runs them, so the
 single-study ``hepatica phantom OUT_DIR`` keeps its positional argument while
 ``hepatica cohort …`` (and ``hepatica phantom cohort …``, rewritten by
 :func:`rewrite_phantom_cohort`) reach :func:`run_cohort`.

@@ -24,11 +24,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from dicom_io.selection import EQUIVALENT_LABELS
 from dicom_io.synthetic.anatomy import make_phantom
 from dicom_io.synthetic.cohort import patient_spec
 from inference.bundle import Bundle
 from inference.radiomics import PERTURBATIONS, extract_all, make_tasks, perturb, settings_path
-from plugin.selection import EQUIVALENT_LABELS
 
 __all__ = ["FeatureSpec", "cohort_features", "patient_features", "read_rows"]
 

@@ -21,7 +21,7 @@ from inference.bundle import Bundle, load_bundle
 from inference.radiomics import reproducible_features
 from inference.response import MissingInputs, build_vector, predict
 from inference.runtime import create_session
-from plugin.radiomics_cohort import FeatureSpec, cohort_features, read_rows
+from plugin.research.radiomics_cohort import FeatureSpec, cohort_features, read_rows
 
 __all__ = ["add_parsers", "score_rows", "train_nomogram", "train_radiomics"]
 

@@ -2,7 +2,7 @@
 
 Only argument handling and terminal output live here; the statistics are in
 ``inference.evaluation`` and ``--run BUNDLE`` (score the cohort with response bundles first,
-with the drop-a-phase robustness scores of seed 000) in ``plugin.evaluate_run``.
+with the drop-a-phase robustness scores of seed 000) in ``plugin.research.evaluate_run``.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _robustness_table(metrics: dict[str, Any]) -> Table | None:
 def _predict_first(args: argparse.Namespace, report: Any) -> dict[str, Any]:
     """``--run``: score the cohort, then evaluate the predictions it wrote."""
     from inference.evaluation import evaluate
-    from plugin.evaluate_run import ROBUSTNESS_METHOD, resolve_bundles, run_bundles
+    from plugin.research.evaluate_run import ROBUSTNESS_METHOD, resolve_bundles, run_bundles
 
     bundles = resolve_bundles(args.run)
     result = run_bundles(bundles, args.cohort, args.out, args.features, args.workers,

@@ -32,15 +32,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from plugin.config import HepaticaConfig
-from plugin.jobs import Job, JobQueue, JobState, JobStateError
-from plugin.models import NoModelError, pipeline_version, segmentation_bundle
-from plugin.orthanc.app import heartbeat_path
-from plugin.orthanc.filters import TriggerRules, is_own_series
-from plugin.orthanc.study import get_json, lookup_study, series_facts
-from plugin.orthanc_priors import orthanc_priors
-from plugin.pipeline import PipelineError, PipelineSettings, process_study
-from plugin.response_models_step import ResponseSettings
+from plugin.node.config import HepaticaConfig
+from plugin.node.jobs import Job, JobQueue, JobState, JobStateError
+from plugin.node.orthanc.app import heartbeat_path
+from plugin.node.orthanc.filters import TriggerRules, is_own_series
+from plugin.node.orthanc.study import get_json, lookup_study, series_facts
+from plugin.node.orthanc_priors import orthanc_priors
+from plugin.pipeline.models import NoModelError, pipeline_version, segmentation_bundle
+from plugin.pipeline.prediction import ResponseSettings
+from plugin.pipeline.run import PipelineError, PipelineSettings, process_study
 
 __all__ = ["OrthancClient", "OrthancError", "OrthancUnavailable", "OrthancWorker"]
 

@@ -29,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def inspect_study(study_dir: Path, rules_files: list[Path]) -> dict[str, Any]:
     """Labels of every series and the choice for each contrast phase."""
     from dicom_io.phases import default_rules, load_site_rules
+    from dicom_io.selection import choose, label_all
     from dicom_io.series import load_study
-    from plugin.selection import choose, label_all
 
     rules = load_site_rules(rules_files) if rules_files else default_rules()
     labelled = label_all(load_study(study_dir), rules)

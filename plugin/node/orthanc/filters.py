@@ -2,7 +2,7 @@
 
 Decisions are made on the facts Orthanc indexes (study and series main DICOM tags, the
 calling AE of each series, study metadata and labels), gathered once per stable event by
-:func:`plugin.orthanc.study.gather_facts`. Every decision carries its reason for the log.
+:func:`plugin.node.orthanc.study.gather_facts`. Every decision carries its reason for the log.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from plugin.config import OrthancConfig
+from plugin.node.config import OrthancConfig
 
 __all__ = [
     "OWN_MANUFACTURER",
@@ -26,7 +26,7 @@ __all__ = [
 
 OWN_MANUFACTURER = "Hepatica"
 """Manufacturer (0008,0070) of every object Hepatica writes (export.common.MANUFACTURER)."""
-# Result series are base+1 (SEG), base+2 (SR), base+3 (heatmaps): plugin.pipeline._export.
+# Result series are base+1 (SEG), base+2 (SR), base+3 (heatmaps): plugin.pipeline.run._export.
 _RESULT_SERIES_OFFSETS = (1, 2, 3)
 _RESULT_MODALITIES = frozenset({"SEG", "SR", "OT"})
 

@@ -20,9 +20,9 @@ from rich.table import Table
 
 from dicom_io.sender import Peer, send_files
 from dicom_io.synthetic import LesionTruth, make_phantom, write_phantom_study
-from plugin.config import DestinationConfig, HepaticaConfig, ListenerConfig, PipelineConfig
-from plugin.jobs import Job, JobState
-from plugin.service import HepaticaService
+from plugin.node.config import DestinationConfig, HepaticaConfig, ListenerConfig, PipelineConfig
+from plugin.node.jobs import Job, JobState
+from plugin.node.service import HepaticaService
 
 STORESCP = "/usr/bin/storescp"
 TERMINAL = {JobState.DONE, JobState.FAILED, JobState.DEAD}
@@ -122,7 +122,7 @@ def _wait(service: HepaticaService, study_uid: str, console: Console,
 
 def _report(out: Path, result_dir: str | None, truths: tuple[LesionTruth, ...],
             console: Console) -> None:
-    from plugin.cli import print_result
+    from plugin.cli.main import print_result
 
     if result_dir is None:
         raise RuntimeError("the job finished without a result folder")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dicom_io.synthetic import make_phantom, write_phantom_study
-from plugin.pipeline import PipelineSettings, process_study
+from plugin.pipeline.run import PipelineSettings, process_study
 
 
 def reference_seconds(repeats: int = 5) -> float:

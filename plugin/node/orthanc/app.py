@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from plugin import __version__
-from plugin.config import HepaticaConfig
-from plugin.jobs import Job, JobQueue
-from plugin.models import pipeline_version, segmentation_bundle
-from plugin.orthanc.filters import Decision, TriggerRules, decide, source_fingerprint
-from plugin.orthanc.store import OrthancStore
-from plugin.orthanc.study import (
+from plugin.node.config import HepaticaConfig
+from plugin.node.jobs import Job, JobQueue
+from plugin.node.orthanc.filters import Decision, TriggerRules, decide, source_fingerprint
+from plugin.node.orthanc.store import OrthancStore
+from plugin.node.orthanc.study import (
     OrthancPost,
     gather_facts,
     get_json,
     is_orthanc_id,
     lookup_study,
 )
+from plugin.pipeline.models import pipeline_version, segmentation_bundle
 
 __all__ = ["HEARTBEAT_STALE_SECONDS", "HepaticaOrthanc", "Trigger", "heartbeat_path"]
 
@@ -41,7 +41,7 @@ HEARTBEAT_STALE_SECONDS = 60.0
 
 
 def heartbeat_path(config: HepaticaConfig) -> Path:
-    """The file the Orthanc worker rewrites while it runs (see plugin.orthanc_worker)."""
+    """The file the Orthanc worker rewrites while it runs (see plugin.node.orthanc_worker)."""
     return config.data_dir / "orthanc-worker.json"
 
 

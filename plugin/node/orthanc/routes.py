@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from plugin.jobs import Job, JobState
-from plugin.models import NoModelError
-from plugin.orthanc.app import HepaticaOrthanc
-from plugin.orthanc.store import validate_clinical
+from plugin.node.jobs import Job, JobState
+from plugin.node.orthanc.app import HepaticaOrthanc
+from plugin.node.orthanc.store import validate_clinical
+from plugin.pipeline.models import NoModelError
 
 __all__ = ["ROUTES", "Request", "Response", "dispatch", "job_json"]
 

@@ -1,0 +1,2 @@
+"""The pipeline of one study as small steps over a typed study context: select, segment,
+measure, RECIST against priors, predict, report."""

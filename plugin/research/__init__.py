@@ -1,0 +1,1 @@
+"""Research workflows: training, cohort scoring, evaluation runs."""
