@@ -43,6 +43,13 @@ class BundleInputs:
     timepoints: int = 1
     clinical: tuple[str, ...] = ()
     features: tuple[str, ...] = ()  # response bundles: the model's input columns, in order
+    alternatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Channel → the phase labels that may fill it, preferred first (``[inputs.alternatives]``).
+    A channel without an entry accepts only its own name (``AP`` → an AP series)."""
+
+    def accepted(self, channel: str) -> tuple[str, ...]:
+        """The phases that may fill ``channel``, preferred first."""
+        return self.alternatives.get(channel, (channel,))
 
 
 @dataclass(frozen=True)
@@ -204,7 +211,20 @@ def _inputs(reader: _Reader) -> BundleInputs:
     return BundleInputs(phases=phases,
                         timepoints=reader.positive_int("inputs.timepoints", default=1),
                         clinical=reader.strings("inputs.clinical", default=()),
-                        features=reader.strings("inputs.features", default=()))
+                        features=reader.strings("inputs.features", default=()),
+                        alternatives=_alternatives(reader, phases))
+
+
+def _alternatives(reader: _Reader, phases: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    table = reader.table("inputs.alternatives")
+    out: dict[str, tuple[str, ...]] = {}
+    for channel in table:
+        if channel not in phases:
+            raise reader.fail(f"inputs.alternatives.{channel}", "names no channel of inputs.phases")
+        out[channel] = reader.strings(f"inputs.alternatives.{channel}")
+        if not out[channel]:
+            raise reader.fail(f"inputs.alternatives.{channel}", "must name at least one phase")
+    return out
 
 
 def _outputs(reader: _Reader) -> tuple[str, ...]:
