@@ -31,6 +31,7 @@ __all__ = [
     "arterial_index",
     "bolus_delay_s",
     "default_rules",
+    "has_contrast_agent",
     "label_by_enhancement",
     "label_by_timing",
     "label_series",
@@ -339,7 +340,10 @@ def _fallback(ds: Dataset, modality: str, rules: PhaseRules,
               bolus_start: str | None = None) -> PhaseLabel:
     description = normalise_description(str(ds.get("SeriesDescription", "")))
     no_agent = not _has_contrast_agent(ds)
-    if rules.t1_dynamic.search(description) or modality == "CT":
+    # a blank or unknown description says nothing against timing: many sites' descriptions
+    # are cryptic or not in English, while the bolus start and acquisition times are reliable
+    if rules.t1_dynamic.search(description) or modality == "CT" or not _names_a_sequence(
+            description, rules):
         timed = label_by_timing(ds, modality, rules, bolus_start)
         if timed is not None:
             return timed
@@ -351,6 +355,17 @@ def _fallback(ds: Dataset, modality: str, rules: PhaseRules,
                           "T1 dynamic without ContrastBolusAgent")
     return PhaseLabel("OTHER", rules.confidence["fallback_other"],
                       "no rule matched the SeriesDescription")
+
+
+def _names_a_sequence(description: str, rules: PhaseRules) -> bool:
+    """True when the description names a known sequence (a T2 or a DWI is never timed)."""
+    return bool(description) and any(rule.pattern.search(description)
+                                     for rules_of in rules.rules.values() for rule in rules_of)
+
+
+def has_contrast_agent(ds: Dataset) -> bool:
+    """ContrastBolusAgent, or the enhanced IODs' agent sequence, is present and not empty."""
+    return _has_contrast_agent(ds)
 
 
 def _has_contrast_agent(ds: Dataset) -> bool:

@@ -114,7 +114,23 @@ def _read_header(path: Path) -> Dataset | None:
     if "SeriesInstanceUID" not in ds:
         log.debug("skipping %s: no SeriesInstanceUID", path.name)
         return None
+    _identity_from_meta(ds)
     return ds
+
+
+def _identity_from_meta(ds: Dataset) -> None:
+    """SOP Class/Instance UID from the file meta when the data set omits them.
+
+    Real archives send such files (the UIDs only in the Part 10 header); every consumer,
+    highdicom's references included, reads the data set's own attributes.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        return
+    if "SOPClassUID" not in ds and meta.get("MediaStorageSOPClassUID"):
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    if "SOPInstanceUID" not in ds and meta.get("MediaStorageSOPInstanceUID"):
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
 
 
 def _make_series(uid: str, members: list[tuple[Dataset, Path]]) -> SeriesInstances:
@@ -175,6 +191,48 @@ def series_to_volume(
         # a multi-frame instance holds every phase; classic parts hold only their own
         frames = [f for f in _number_temporal(frames) if f.temporal[0] == position]
     return _volume_of(frames, rel_tol, abs_tol_mm)
+
+
+def without_unusable_instances(series: SeriesInstances) -> tuple[SeriesInstances, list[str]]:
+    """The series less the classic instances that cannot join its grid, with the reasons.
+
+    One slice without ImagePositionPatient (or of another size, orientation or pixel spacing
+    than the rest) must not cost the whole study: it is left out and the reason is kept for
+    the report. Multi-frame instances are kept as they are (their frames are not separable
+    here). Returns the series unchanged and no notes when nothing had to go.
+    """
+    keep: list[tuple[Dataset, Path]] = []
+    notes: list[str] = []
+    shapes: dict[tuple[object, ...], int] = defaultdict(int)
+    framed: list[tuple[Dataset, Path, tuple[object, ...] | None]] = []
+    for ds, path in zip(series.datasets, series.paths, strict=True):
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            framed.append((ds, path, None))
+            continue
+        try:
+            frame = _classic_frame(ds)
+        except (GeometryError, ValueError, TypeError) as exc:
+            notes.append(f"instance …{str(ds.get('SOPInstanceUID', '?'))[-12:]} excluded: "
+                         f"{getattr(exc, 'reason', exc)}")
+            continue
+        if "PixelData" not in ds:
+            notes.append(f"instance …{frame.sop_uid[-12:]} excluded: no PixelData")
+            continue
+        plane: tuple[object, ...] = (tuple(round(v, 3) for v in frame.orientation), frame.shape,
+                                     tuple(round(v, 4) for v in frame.pixel_spacing))
+        shapes[plane] += 1
+        framed.append((ds, path, plane))
+    common = max(shapes, key=lambda g: shapes[g]) if shapes else None
+    for ds, path, grid in framed:
+        if grid is not None and grid != common:
+            notes.append(f"instance …{str(ds.get('SOPInstanceUID', '?'))[-12:]} excluded: "
+                         "size, orientation or pixel spacing differs from the rest")
+            continue
+        keep.append((ds, path))
+    if not notes or not keep:
+        return series, notes if keep else []
+    return replace(series, datasets=tuple(d for d, _ in keep),
+                   paths=tuple(p for _, p in keep)), notes
 
 
 def _volume_of(frames: list[_Frame], rel_tol: float, abs_tol_mm: float) -> Volume:

@@ -28,7 +28,7 @@ ORTHANC = Path("/usr/sbin/Orthanc")
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "plugin" / "orthanc" / "hepatica_orthanc.py"
+SCRIPT = REPO / "plugin" / "node" / "orthanc" / "hepatica_orthanc.py"
 USER, PASSWORD = "hepatica", "test-only-password"
 
 

@@ -33,7 +33,7 @@ from plugin.node.orthanc_worker import OrthancClient, OrthancUnavailable
 from tests.inference.inference_helpers import write_bundle_toml, write_scale_model
 from tests.orthanc import fake_orthanc
 
-SCRIPT = Path(__file__).resolve().parents[2] / "plugin" / "orthanc" / "hepatica_orthanc.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "plugin" / "node" / "orthanc" / "hepatica_orthanc.py"
 STUDY_ID = "11111111-22222222-33333333-44444444-55555555"
 STUDY_UID = "1.2.826.0.1.3680043.10.1456.42"
 
