@@ -38,7 +38,7 @@ from plugin.node.orthanc.app import heartbeat_path
 from plugin.node.orthanc.filters import TriggerRules, is_own_series
 from plugin.node.orthanc.study import get_json, lookup_study, series_facts
 from plugin.node.orthanc_priors import orthanc_priors
-from plugin.pipeline.models import NoModelError, pipeline_version, segmentation_bundle
+from plugin.pipeline.models import NoModelError, installed_version
 from plugin.pipeline.prediction import ResponseSettings
 from plugin.pipeline.run import PipelineError, PipelineSettings, process_study
 
@@ -138,7 +138,7 @@ class OrthancWorker:
         # priors come from Orthanc itself, downloaded like the study (source series only)
         self.settings = replace(self.settings,
                                 priors=orthanc_priors(config, self.client, self.download))
-        self.version = pipeline_version(segmentation_bundle(config.pipeline.bundle_dirs))
+        self.version = installed_version(config.pipeline.bundle_dirs)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = _exclusive_lock(config.data_dir / "orthanc-worker.lock")
         self.queue = JobQueue(config.database, self.version)

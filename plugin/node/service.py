@@ -20,7 +20,7 @@ from dicom_io.sender import Peer, SendError, send_files
 from dicom_io.spool import Spool, StoredInstance
 from plugin.node.config import HepaticaConfig
 from plugin.node.jobs import Job, JobQueue, JobState
-from plugin.pipeline.models import NoModelError, pipeline_version, segmentation_bundle
+from plugin.pipeline.models import NoModelError, installed_version
 from plugin.pipeline.prediction import ResponseSettings
 from plugin.pipeline.recist import dimse_priors
 from plugin.pipeline.run import PipelineError, PipelineSettings, process_study
@@ -43,7 +43,7 @@ class HepaticaService:
         self._expected_priors: set[str] = set()  # studies C-MOVEd in as priors: no job
         self.settings = replace(self.settings,
                                 priors=dimse_priors(config, self._expected_priors.add))
-        self.version = pipeline_version(segmentation_bundle(config.pipeline.bundle_dirs))
+        self.version = installed_version(config.pipeline.bundle_dirs)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(config.spool_dir)
         self.queue = JobQueue(config.database, self.version)

@@ -1,8 +1,11 @@
-"""Which model bundles this node serves: the shipped ones plus those a site drops in."""
+"""Which model bundles this node serves (the shipped ones plus those a site drops in), and
+the versions that job keys and result UIDs derive from."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import inference
@@ -11,6 +14,7 @@ from plugin import __version__
 
 SHIPPED_BUNDLES = Path(inference.__file__).resolve().parent / "bundles"
 """Bundles committed with the package (trained on phantoms, and they say so)."""
+SEGMENTATION_FAMILY = "segmentation"
 
 
 class NoModelError(LookupError):
@@ -25,17 +29,64 @@ def installed_bundles(extra_dirs: Sequence[Path] = ()) -> list[Bundle]:
     return [*site, *shipped]
 
 
+def segmentation_bundles(extra_dirs: Sequence[Path] = ()) -> list[Bundle]:
+    """Every installed segmentation bundle in the order the pipeline considers them.
+
+    Site bundles before shipped ones (a site's own model is preferred), then more input
+    phases before fewer (a four-phase model sees more than a one-phase one), then by name.
+    """
+    found = [b for b in installed_bundles(extra_dirs) if b.family == SEGMENTATION_FAMILY]
+    if not found:
+        searched = [str(d) for d in (*extra_dirs, SHIPPED_BUNDLES)]
+        raise NoModelError(f"no segmentation bundle found in {searched}; train one with "
+                           "`hepatica train segmentation --out DIR` and add DIR to "
+                           "[pipeline] bundle_dirs")
+    return sorted(found, key=lambda b: (not is_site_bundle(b), -len(b.inputs.phases), b.name))
+
+
 def segmentation_bundle(extra_dirs: Sequence[Path] = ()) -> Bundle:
-    """The liver/tumour segmentation bundle to use (a site's own wins over the shipped one)."""
-    for bundle in installed_bundles(extra_dirs):
-        if bundle.family == "segmentation":
-            return bundle
-    searched = [str(d) for d in (*extra_dirs, SHIPPED_BUNDLES)]
-    raise NoModelError(f"no segmentation bundle found in {searched}; train one with "
-                       "`hepatica train segmentation --out DIR` and add DIR to "
-                       "[pipeline] bundle_dirs")
+    """The first segmentation bundle the pipeline would consider."""
+    return segmentation_bundles(extra_dirs)[0]
 
 
-def pipeline_version(bundle: Bundle) -> str:
-    """Package and model versions: a new version re-processes, the same one replaces."""
-    return f"hepatica-{__version__}+{bundle.name}-{bundle.version}"
+def is_site_bundle(bundle: Bundle) -> bool:
+    return SHIPPED_BUNDLES not in bundle.path.resolve().parents
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundle_digest(bundle: Bundle) -> str:
+    """Name, version and the hash of the model file: a retrained model changes it."""
+    stat = bundle.model_file.stat()
+    return (f"{bundle.name}-{bundle.version}-"
+            f"{_file_digest(bundle.model_file, stat.st_size, stat.st_mtime_ns)[:16]}")
+
+
+def pipeline_version(bundles: Bundle | Iterable[Bundle]) -> str:
+    """Package version and every installed model: a new one re-processes a study."""
+    items = [bundles] if isinstance(bundles, Bundle) else list(bundles)
+    models = "+".join(sorted(bundle_digest(b) for b in items))
+    return f"hepatica-{__version__}+{hashlib.sha256(models.encode()).hexdigest()[:12]}"
+
+
+def content_version(*parts: object) -> str:
+    """The version one result object's UIDs derive from: package version and its inputs.
+
+    Identical inputs (models, series instances, clinical values, priors) give the same
+    string, so re-sending a study replaces its results; any change gives a new one, so an
+    archive never keeps stale content under a reused UID.
+    """
+    text = "\x1f".join(str(p) for p in parts)
+    return f"hepatica-{__version__}+{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+
+
+def installed_version(extra_dirs: Sequence[Path] = ()) -> str:
+    """The node's pipeline version: package plus every installed bundle (jobs key on it)."""
+    return pipeline_version(installed_bundles(extra_dirs))

@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from dicom_io.selection import LabelledSeries, choose
-from dicom_io.series import GeometryError, series_to_volume
+from dicom_io.phases import PhaseRules
+from dicom_io.selection import LabelledSeries, NoUsableSeries, SelectedVolume, select_volume
 from dicom_io.volume import Volume, resample_like
 from export.sr.response_models import response_model_groups, response_model_notes
 from inference.bundle import Bundle
@@ -36,9 +36,11 @@ from inference.response import (
 )
 from inference.runtime import create_session
 from plugin.pipeline.clinical import ClinicalInputs, gather_clinical
+from plugin.pipeline.context import StudyContext
 from plugin.pipeline.models import installed_bundles
 
-__all__ = ["ResponseOutcome", "ResponseSettings", "StudyContext", "run_response_models"]
+__all__ = ["PredictionInputs", "ResponseOutcome", "ResponseSettings", "predict_step",
+           "run_response_models"]
 
 log = logging.getLogger(__name__)
 RESPONSE_FAMILY = "response"
@@ -65,7 +67,7 @@ class ResponseSettings:
 
 
 @dataclass(frozen=True)
-class StudyContext:
+class PredictionInputs:
     """What the step reads of a study: its series, the reference grid and the masks."""
 
     study_uid: str
@@ -75,6 +77,7 @@ class StudyContext:
     organ: npt.NDArray[np.bool_]
     lesion_labels: npt.NDArray[Any] | None
     modality: str = ""
+    rules: PhaseRules | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class ResponseOutcome:
 class _Features:
     """Radiomics per (bundle settings), extracted once per study and shared by bundles."""
 
-    def __init__(self, context: StudyContext, settings: ResponseSettings) -> None:
+    def __init__(self, context: PredictionInputs, settings: ResponseSettings) -> None:
         self.context = context
         self.settings = settings
         self.cache = FeatureCache(settings.cache_dir)
@@ -152,15 +155,12 @@ class _Features:
         return np.asarray(labels == 1, dtype=bool)  # lesion 1 is the largest
 
     def _volume(self, phase: str) -> Volume:
-        choice = choose(self.context.labelled, phase)
-        if choice.chosen is None:
-            raise MissingInputs([f"{phase} series ({choice.reason})"])
         try:
-            volume = series_to_volume(choice.chosen.series)
-        except GeometryError as exc:
+            selected = select_volume(self.context.labelled, phase, self.context.rules)
+        except NoUsableSeries as exc:
             raise MissingInputs([f"{phase} series ({exc.reason})"]) from exc
-        self.series[phase] = choice.chosen.series.series_uid
-        return resample_like(volume, self.context.reference)
+        self.series[phase] = selected.series_uid
+        return resample_like(selected.volume, self.context.reference)
 
 
 def _order(bundles: Sequence[Bundle]) -> list[Bundle]:
@@ -205,7 +205,7 @@ def _run_one(bundle: Bundle, features: _Features, clinical: ClinicalInputs,
                            time.perf_counter() - started)
 
 
-def run_response_models(context: StudyContext, study_datasets: Sequence[Dataset],
+def run_response_models(context: PredictionInputs, study_datasets: Sequence[Dataset],
                         pipeline_settings: Any, settings: ResponseSettings | None = None
                         ) -> list[ResponseOutcome]:
     """Run every response bundle installed for this node on the study."""
@@ -238,18 +238,39 @@ def run_response_models(context: StudyContext, study_datasets: Sequence[Dataset]
     return outcomes
 
 
-def run_for_pipeline(labelled: Sequence[LabelledSeries], reference: Volume,
-                     reference_datasets: Sequence[Dataset], labels: npt.NDArray[Any],
-                     lesion_labels: npt.NDArray[Any] | None, pipeline_settings: Any
-                     ) -> list[ResponseOutcome]:
-    """The pipeline's hook: context from what the pipeline already has, then every model."""
-    first = reference_datasets[0]
-    context = StudyContext(str(first.StudyInstanceUID), str(first.get("PatientID", "")),
-                           labelled, reference, np.asarray(labels > 0, dtype=bool),
-                           lesion_labels, str(first.get("Modality", "")))
-    datasets = [ds for item in labelled for ds in item.series.datasets]
-    settings = getattr(pipeline_settings, "response", None) or ResponseSettings()
-    return run_response_models(context, datasets, pipeline_settings, settings)
+def predict_step(ctx: StudyContext) -> None:
+    """Every response bundle on the study; without a segmentation each says what it lacks."""
+    if ctx.inputs is not None:
+        reference, datasets = ctx.reference_volume, ctx.inputs.datasets
+    else:
+        found = _any_reference(ctx)
+        if found is None:
+            log.warning("no series stacks into a volume: response models not run")
+            return
+        reference, datasets = found.volume, list(found.datasets)
+    seg = ctx.segmentation
+    labels = seg.labels if seg is not None else np.zeros(reference.shape, np.uint8)
+    lesions = ctx.measurements.lesion_labels if ctx.measurements is not None else None
+    first = datasets[0]
+    context = PredictionInputs(str(first.StudyInstanceUID), str(first.get("PatientID", "")),
+                               ctx.labelled, reference, np.asarray(labels > 0, dtype=bool),
+                               lesions, str(first.get("Modality", "")), ctx.rules)
+    study_datasets = [ds for item in ctx.labelled for ds in item.series.datasets]
+    study_datasets += ctx.non_image_datasets()  # a clinical SR in the study is read
+    settings = ctx.settings.response or ResponseSettings()
+    ctx.predictions = run_response_models(context, study_datasets, ctx.settings, settings)
+
+
+def _any_reference(ctx: StudyContext) -> SelectedVolume | None:
+    """A grid for response models when no segmentation bundle ran: any stackable series."""
+    phases = dict.fromkeys(p for b in ctx.bundles for ch in b.inputs.phases
+                           for p in b.inputs.accepted(ch))
+    for wanted in [*phases, *dict.fromkeys(i.label.label for i in ctx.labelled)]:
+        try:
+            return select_volume(ctx.labelled, wanted, ctx.rules)
+        except NoUsableSeries:
+            continue
+    return None
 
 
 def response_sr_parts(outcomes: Sequence[ResponseOutcome], study_uid: str

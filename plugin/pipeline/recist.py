@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from dicom_io.phases import PhaseRules
 from dicom_io.priors import (
     PacsPeer,
     PriorCache,
@@ -32,11 +33,13 @@ from dicom_io.priors import (
     move_study,
 )
 from dicom_io.roi import image_series
-from dicom_io.series import GeometryError, load_study, series_to_volume
+from dicom_io.selection import label_all
+from dicom_io.series import GeometryError, load_study
 from dicom_io.volume import Volume, resample_like
 from export.seg.sop import lesion_segment_number
 from export.sr.response import LesionResponseRow, OverallResponse, response_groups
 from export.sr.sop import lesion_tracking_uid
+from inference.bundle import Bundle
 from inference.measurements import StudyMeasurements, measure
 from inference.response_criteria import (
     LesionObservation,
@@ -44,6 +47,7 @@ from inference.response_criteria import (
     TimePoint,
     assess_response,
 )
+from plugin.pipeline.context import StudyContext
 
 __all__ = [
     "DimsePriors",
@@ -52,7 +56,7 @@ __all__ = [
     "PriorSource",
     "assess_priors",
     "measure_study_dir",
-    "run_in_pipeline",
+    "recist_step",
     "timepoint_of",
 ]
 
@@ -190,28 +194,24 @@ def _triple(values: npt.NDArray[np.float64]) -> tuple[float, float, float]:
     return float(values[0]), float(values[1]), float(values[2])
 
 
-def measure_study_dir(study_dir: Path, phases: Sequence[str],
+def measure_study_dir(study_dir: Path, bundle: Bundle, rules: PhaseRules | None,
                       segment_labels: Callable[[list[Volume]], npt.NDArray[np.integer]],
                       ) -> TimePoint:
-    """Segment and measure a prior study the way the current one is (same model, phases)."""
-    from dicom_io.selection import choose, label_all
+    """Segment and measure a prior study the way the current one is (same model, same
+    selection path and site rules)."""
+    from plugin.pipeline.select import NoSegmentationInputs, choose_segmentation
 
-    labelled = label_all(image_series(load_study(study_dir)))
-    volumes: list[Volume] = []
-    first: Dataset | None = None
-    for phase in phases:
-        choice = choose(labelled, phase)
-        if choice.chosen is None:
-            raise PriorsError(f"prior study has no {phase} series: {choice.reason}")
-        volumes.append(series_to_volume(choice.chosen.series))
-        first = first or choice.chosen.series.first
-    assert first is not None
-    arterial = volumes[0]
-    channels = [resample_like(v, arterial) for v in volumes]
+    labelled = label_all(image_series(load_study(study_dir)), rules)
+    try:
+        inputs = choose_segmentation(labelled, [bundle], rules)
+    except NoSegmentationInputs as exc:
+        raise PriorsError(f"prior study not usable: {exc}") from exc
+    reference = inputs.reference.volume
+    channels = [resample_like(s.volume, reference) for s in inputs.selected.values()]
     labels = segment_labels(channels)
-    measurements = measure(labels, arterial.spacing, arterial=arterial.array,
-                           origin_xyz=arterial.origin, direction=arterial.direction)
-    return timepoint_of(first, arterial, labels, measurements)
+    measurements = measure(labels, reference.spacing, arterial=reference.array,
+                           origin_xyz=reference.origin, direction=reference.direction)
+    return timepoint_of(inputs.datasets[0], reference, labels, measurements)
 
 
 def assess_priors(settings: PriorSettings | None, current: TimePoint, first: Dataset,
@@ -249,18 +249,22 @@ def _study_date(ds: Dataset) -> dt.date:
         return dt.date.today()
 
 
-def run_in_pipeline(settings: PriorSettings | None, first: Dataset, arterial: Volume,
-                    labels: npt.NDArray[np.integer], measurements: StudyMeasurements,
-                    bundle: Any, session: Any) -> PriorResponse:
-    """The pipeline's hook: the current study as a time point, priors measured alike."""
+def recist_step(ctx: StudyContext) -> None:
+    """RECIST 1.1 / mRECIST: the current study as a time point, its priors measured alike."""
     from inference.segmentation import segment
+
+    assert ctx.inputs is not None and ctx.segmentation is not None
+    assert ctx.measurements is not None
+    bundle, session = ctx.inputs.bundle, ctx.extra["session"]
 
     def segment_labels(channels: list[Volume]) -> npt.NDArray[np.integer]:
         return segment(bundle, session, [v.array for v in channels], channels[0].spacing).labels
 
-    current = timepoint_of(first, arterial, labels, measurements)
-    return assess_priors(settings, current, first, lambda folder: measure_study_dir(
-        folder, bundle.inputs.phases, segment_labels))
+    first = ctx.inputs.datasets[0]
+    current = timepoint_of(first, ctx.reference_volume, ctx.segmentation.labels,
+                           ctx.measurements)
+    ctx.recist = assess_priors(ctx.settings.priors, current, first, lambda folder:
+                               measure_study_dir(folder, bundle, ctx.rules, segment_labels))
 
 
 def dimse_priors(config: Any, expect: Callable[[str], None]) -> PriorSettings | None:

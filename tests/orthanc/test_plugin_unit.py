@@ -274,9 +274,9 @@ def test_catch_up_queues_studies_a_restart_left_unstable(plugin: ModuleType) -> 
 
 
 def test_pipeline_version_is_the_pipelines(plugin: ModuleType, bundle_dir: Path) -> None:
-    from plugin.pipeline.models import pipeline_version, segmentation_bundle
+    from plugin.pipeline.models import installed_version
 
-    assert plugin.APP.pipeline_version() == pipeline_version(segmentation_bundle((bundle_dir,)))
+    assert plugin.APP.pipeline_version() == installed_version((bundle_dir,))
 
 
 # ----------------------------------------------------------------------------- config, client

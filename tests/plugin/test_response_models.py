@@ -21,8 +21,8 @@ from inference.bundle import load_bundle
 from plugin.cli.train import score_rows
 from plugin.pipeline.models import SHIPPED_BUNDLES
 from plugin.pipeline.prediction import (
+    PredictionInputs,
     ResponseSettings,
-    StudyContext,
     response_sr_parts,
     run_response_models,
 )
@@ -46,7 +46,7 @@ def test_heldout_auc_through_the_served_onnx_path() -> None:
 
 
 @pytest.fixture(scope="module")
-def ct_study(tmp_path_factory: pytest.TempPathFactory) -> StudyContext:
+def ct_study(tmp_path_factory: pytest.TempPathFactory) -> PredictionInputs:
     """A CT phantom as DICOM; its true lesions stand in for the segmentation (not tested here)."""
     folder = tmp_path_factory.mktemp("ct")
     phantom = make_phantom(5, PhantomSpec(modality="CT"))
@@ -57,12 +57,12 @@ def ct_study(tmp_path_factory: pytest.TempPathFactory) -> StudyContext:
     reference = series_to_volume(arterial.series)
     assert reference.array.shape == phantom.lesion_labels.shape
     first = arterial.series.datasets[0]
-    return StudyContext(str(first.StudyInstanceUID), str(first.PatientID), labelled, reference,
+    return PredictionInputs(str(first.StudyInstanceUID), str(first.PatientID), labelled, reference,
                         phantom.labels > 0, largest_lesion(phantom.lesion_labels).astype(np.uint16),
                         "CT")
 
 
-def _run(context: StudyContext, data_dir: Path) -> dict[str, object]:
+def _run(context: PredictionInputs, data_dir: Path) -> dict[str, object]:
     outcomes = run_response_models(context, [], PipelineSettings(), ResponseSettings(data_dir))
     groups, notes = response_sr_parts(outcomes, context.study_uid)
     assert len(groups) == sum(o.prediction is not None for o in outcomes)
@@ -70,7 +70,7 @@ def _run(context: StudyContext, data_dir: Path) -> dict[str, object]:
     return {o.name: o for o in outcomes}
 
 
-def test_without_clinical_inputs_radiomics_alone_with_reasons(ct_study: StudyContext,
+def test_without_clinical_inputs_radiomics_alone_with_reasons(ct_study: PredictionInputs,
                                                              tmp_path: Path) -> None:
     outcomes = _run(ct_study, tmp_path)
     radiomics = outcomes["hepatica-radiomics-pd-ct"]
@@ -83,7 +83,7 @@ def test_without_clinical_inputs_radiomics_alone_with_reasons(ct_study: StudyCon
     assert len(cached) == 4  # 2 phases x (tumour, ring)
 
 
-def test_clinical_folder_picks_the_variant_with_most_inputs(ct_study: StudyContext,
+def test_clinical_folder_picks_the_variant_with_most_inputs(ct_study: PredictionInputs,
                                                             tmp_path: Path) -> None:
     clinical = tmp_path / "clinical"
     clinical.mkdir()

@@ -30,7 +30,7 @@ from plugin.node.orthanc.study import (
     is_orthanc_id,
     lookup_study,
 )
-from plugin.pipeline.models import pipeline_version, segmentation_bundle
+from plugin.pipeline.models import installed_version
 
 __all__ = ["HEARTBEAT_STALE_SECONDS", "HepaticaOrthanc", "Trigger", "heartbeat_path"]
 
@@ -79,7 +79,7 @@ class HepaticaOrthanc:
     # ----------------------------------------------------------------- queue
     def pipeline_version(self) -> str:
         """Read from the installed bundle each time: a new bundle takes effect without restart."""
-        return pipeline_version(segmentation_bundle(self.config.pipeline.bundle_dirs))
+        return installed_version(self.config.pipeline.bundle_dirs)
 
     def queue(self, version: str | None = None) -> JobQueue:
         version = self.pipeline_version() if version is None else version

@@ -1,0 +1,220 @@
+"""Pipeline step: the result objects — SEG, TID 1500 SR and heatmaps, or, when no
+segmentation bundle could run, an SR that says why (and what the response models made of
+the study). Every object's UIDs derive from the study and a content version of exactly
+what went into it (``plugin.pipeline.models.content_version``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+
+from dicom_io.selection import NoUsableSeries, select_volume
+from dicom_io.volume import Volume, resample_like
+from export.common import RESEARCH_USE_TEXT, AlgorithmInfo, ResultIdentity
+from export.sc.sop import build_heatmap_image
+from export.seg.sop import build_segmentation
+from export.sr.partial import build_report_without_segmentation
+from export.sr.sop import build_measurement_report
+from inference.bundle import Bundle
+from inference.measurements import StudyMeasurements
+from inference.segmentation import SegmentationResult
+from plugin import __version__
+from plugin.pipeline.context import PipelineError, StudyContext
+from plugin.pipeline.models import bundle_digest, content_version
+from plugin.pipeline.prediction import response_sr_parts
+
+log = logging.getLogger(__name__)
+
+HEATMAP_PHASES = ("PRE", "AP", "PVP", "DP")
+IMAGE_MODALITIES = frozenset({"MR", "CT"})
+
+
+def report_step(ctx: StudyContext) -> None:
+    """Write the study's result objects into ``ctx.out_dir`` (``ctx.files``)."""
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.segmentation is None:
+        ctx.files = [_report_without_segmentation(ctx)]
+    else:
+        ctx.files = _full_report(ctx)
+
+
+def software_versions(bundle: Bundle) -> str:
+    return f"hepatica {__version__}; {bundle.name} {bundle.version}"
+
+
+def _algorithm(bundle: Bundle) -> AlgorithmInfo:
+    return AlgorithmInfo(name=bundle.name, version=bundle.version, family=bundle.family)
+
+
+def _instances(datasets: Sequence[Dataset]) -> str:
+    return ",".join(sorted(str(ds.SOPInstanceUID) for ds in datasets))
+
+
+def seg_version(ctx: StudyContext) -> str:
+    """What the SEG depends on: package, model, the input instances, a reader's ROI."""
+    assert ctx.inputs is not None and ctx.roi is not None
+    inputs = [f"{ch}:{_instances(s.item.series.datasets)}" for ch, s in
+              ctx.inputs.selected.items()]
+    return content_version("seg", bundle_digest(ctx.inputs.bundle), *inputs, ctx.roi.note)
+
+
+def sr_version(ctx: StudyContext, base: str) -> str:
+    """The SR adds the predictions (their models and inputs) and the RECIST assessment."""
+    predictions = [{k: v for k, v in o.summary().items() if k != "seconds"}
+                   for o in ctx.predictions]
+    recist = ctx.recist.summary() if ctx.recist else None
+    return content_version("sr", base, json.dumps([predictions, recist], sort_keys=True,
+                                                  default=str))
+
+
+def _full_report(ctx: StudyContext) -> list[Path]:
+    assert ctx.inputs is not None and ctx.segmentation is not None
+    assert ctx.measurements is not None and ctx.roi is not None
+    datasets, bundle = ctx.inputs.datasets, ctx.inputs.bundle
+    seg, measurements = ctx.segmentation, ctx.measurements
+    study_uid, base = ctx.study_uid, ctx.settings.series_number_base
+    groups, notes = response_sr_parts(ctx.predictions, study_uid)
+    algorithm, software = _algorithm(bundle), software_versions(bundle)
+    version = seg_version(ctx)
+    seg_id = ResultIdentity.derive(study_uid, version, "seg", base + 1)
+    seg_ds = build_segmentation(
+        datasets, seg.labels > 0, _lesion_label_map(seg, measurements),
+        series_instance_uid=seg_id.series_instance_uid, sop_instance_uid=seg_id.sop_instance_uid,
+        series_number=seg_id.series_number, algorithm=algorithm, software_versions=software)
+    files = [_save(seg_ds, ctx.out_dir / "seg.dcm")]
+    sr_id = ResultIdentity.derive(study_uid, sr_version(ctx, version), "sr", base + 2)
+    recist = ctx.recist
+    sr_ds = build_measurement_report(
+        datasets, seg_ds, measurements.lesions,
+        liver_volume_ml=measurements.liver_volume_ml,
+        tumour_burden_pct=measurements.tumour_burden_pct,
+        liver_outline_zyx=measurements.liver_outline_zyx,
+        series_instance_uid=sr_id.series_instance_uid, sop_instance_uid=sr_id.sop_instance_uid,
+        series_number=sr_id.series_number, algorithm=algorithm, software_versions=software,
+        extra_text=[*provenance_text(ctx), *ctx.roi.text(), *notes,
+                    *(recist.text() if recist else [])],
+        extra_groups=[*groups, *(recist.groups(seg_ds) if recist else [])])
+    files.append(_save(sr_ds, ctx.out_dir / "sr.dcm"))
+    files += _heatmaps(ctx, version, base + 3, software)
+    return files
+
+
+def provenance_text(ctx: StudyContext) -> list[tuple[str, str]]:
+    """The SR's notes on where the inputs came from and which model was chosen, and why."""
+    notes = [("Research use", RESEARCH_USE_TEXT)]
+    if ctx.inputs is not None:
+        notes.append(("Segmentation model", ctx.inputs.reason))
+        for channel, selected in ctx.inputs.selected.items():
+            notes.append((f"Input series {channel}",
+                          f"SeriesInstanceUID {selected.series_uid}: {selected.reason}"))
+    return notes
+
+
+def _lesion_label_map(seg: SegmentationResult, measurements: StudyMeasurements
+                      ) -> npt.NDArray[np.uint16]:
+    """Lesion k of the measurements as label k (the SEG's segment k + 1)."""
+    if measurements.lesion_labels is None:
+        return np.zeros(seg.labels.shape, np.uint16)
+    return measurements.lesion_labels
+
+
+def _heatmaps(ctx: StudyContext, version: str, series_number: int, software: str
+              ) -> list[Path]:
+    assert ctx.segmentation is not None and ctx.measurements is not None
+    assert ctx.inputs is not None
+    seg, measurements = ctx.segmentation, ctx.measurements
+    z = _heatmap_slice(seg, measurements)
+    source = ctx.inputs.datasets[z]
+    caption = _caption(measurements)
+    files: list[Path] = []
+    for number, (phase, volume, instances) in enumerate(_backgrounds(ctx), start=1):
+        ident = ResultIdentity.derive(ctx.study_uid, content_version(version, instances),
+                                      "heatmap", series_number, number)
+        image = build_heatmap_image(
+            volume.array[z], seg.tumour_probability[z], source_image=source, phase_label=phase,
+            caption_lines=caption, series_instance_uid=ident.series_instance_uid,
+            sop_instance_uid=ident.sop_instance_uid, series_number=series_number,
+            instance_number=number, software_versions=software)
+        files.append(_save(image, ctx.out_dir / f"heatmap_{number:02d}_{phase}.dcm"))
+    return files
+
+
+def _backgrounds(ctx: StudyContext) -> Iterator[tuple[str, Volume, str]]:
+    """Every contrast phase the study has, on the reference grid (one image each)."""
+    for phase in HEATMAP_PHASES:
+        try:
+            selected = select_volume(ctx.labelled, phase, ctx.rules)
+        except NoUsableSeries:
+            continue
+        yield (selected.item.label.label, resample_like(selected.volume, ctx.reference_volume),
+               _instances(selected.datasets))
+
+
+def _heatmap_slice(seg: SegmentationResult, measurements: StudyMeasurements) -> int:
+    """The slice through the largest lesion, else through the middle of the liver."""
+    if measurements.lesions:
+        return int(measurements.lesions[0].longest_diameter_slice)
+    organ = np.flatnonzero((seg.labels > 0).any(axis=(1, 2)))
+    return int(organ[len(organ) // 2]) if len(organ) else seg.labels.shape[0] // 2
+
+
+def _caption(measurements: StudyMeasurements) -> list[str]:
+    m = measurements
+    lines = [f"Tumour probability; {len(m.lesions)} lesion(s); liver "
+             f"{m.liver_volume_ml:.0f} ml; burden {m.tumour_burden_pct:.1f} %"]
+    if measurements.lesions:
+        big = measurements.lesions[0]
+        lines.append(f"Largest lesion {big.longest_diameter_mm:.1f} mm, viable "
+                     f"{big.viable_diameter_mm:.1f} mm")
+    return lines
+
+
+def _report_without_segmentation(ctx: StudyContext) -> Path:
+    """A TID 1500 SR without segmentation groups: which models did not run and why."""
+    images = _study_images(ctx)
+    if not images:
+        raise PipelineError(f"{ctx.not_run}; no report either: the study has no MR or CT "
+                            "images to reference")
+    bundles = ctx.bundles
+    lead = bundles[0]
+    groups, notes = response_sr_parts(ctx.predictions, ctx.study_uid)
+    version = content_version("not-run", *(bundle_digest(b) for b in bundles), ctx.not_run,
+                              _instances(images), json.dumps(
+                                  [o.summary() | {"seconds": 0} for o in ctx.predictions],
+                                  sort_keys=True, default=str))
+    ident = ResultIdentity.derive(ctx.study_uid, version, "sr",
+                                  ctx.settings.series_number_base + 2)
+    text = [("Research use", RESEARCH_USE_TEXT),
+            *[(f"Model {b.name} {b.version}", "not run") for b in bundles],
+            ("Segmentation", f"not run: {ctx.not_run}"),
+            ("Measurements", "none: without the segmentation there is no SEG, no liver or "
+                             "lesion measurement, no heatmap and no RECIST/mRECIST response"),
+            *notes]
+    sr = build_report_without_segmentation(
+        images, not_run=[_algorithm(b) for b in bundles],
+        series_instance_uid=ident.series_instance_uid, sop_instance_uid=ident.sop_instance_uid,
+        series_number=ident.series_number, algorithm=_algorithm(lead),
+        software_versions=software_versions(lead), extra_text=text, extra_groups=groups)
+    return _save(sr, ctx.out_dir / "sr.dcm")
+
+
+def _study_images(ctx: StudyContext) -> list[Dataset]:
+    """Every MR/CT instance once (phases of a dynamic series share instances)."""
+    seen: dict[str, Dataset] = {}
+    for item in ctx.labelled:
+        for ds in item.series.datasets:
+            if str(ds.get("Modality", "")).upper() in IMAGE_MODALITIES:
+                seen.setdefault(str(ds.SOPInstanceUID), ds)
+    return list(seen.values())
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
