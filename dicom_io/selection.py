@@ -31,6 +31,7 @@ from dicom_io.phases import (
 from dicom_io.series import (
     GeometryError,
     SeriesInstances,
+    place_by_instance_number,
     series_to_volume,
     split_series,
     without_unusable_instances,
@@ -260,15 +261,16 @@ def _stacked(phase: str, choice: Choice) -> SelectedVolume:
     try:
         volume = series_to_volume(item.series)
     except GeometryError as first_error:
+        placed = place_by_instance_number(item.series)
         fewer, notes = without_unusable_instances(item.series)
-        if not notes or fewer is item.series:
+        if not notes and not placed:
             raise
         try:
             volume = series_to_volume(fewer)
         except GeometryError:
             raise first_error from None
         item = LabelledSeries(fewer, item.label)
-        reason += "; " + "; ".join(notes)
+        reason += "; " + "; ".join([*placed, *notes])
     by_uid = {str(ds.SOPInstanceUID): ds for ds in item.series.datasets}
     datasets = tuple(by_uid[uid] for uid in volume.sop_instance_uids)
     return SelectedVolume(phase, item, volume, datasets, reason)

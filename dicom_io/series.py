@@ -22,6 +22,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from dicom_io.privacy import redact_library_warnings
+from dicom_io.repair import repair_values
+from dicom_io.sop_classes import is_volume_image
 from dicom_io.volume import Volume
 
 __all__ = [
@@ -69,6 +72,16 @@ class SeriesInstances:
     """Set on one phase of a multi-phase series (see :func:`split_series`): only the frames
     of that temporal position form its volume."""
     temporal_count: int = 1
+    repairs: tuple[str, ...] = ()
+    """Header values repaired or removed at load time (keyword and what was done, never the
+    value), for the report; see :mod:`dicom_io.repair`."""
+
+    @property
+    def is_image(self) -> bool:
+        """True when the series holds images a volume may be built from (CT/MR/PET classes;
+        a series without SOPClassUID is trusted). SEG, SR, KO, PR, PDF, SC are not."""
+        sop_class = self.first.get("SOPClassUID")
+        return sop_class is None or is_volume_image(sop_class)
 
     @property
     def first(self) -> Dataset:
@@ -89,12 +102,17 @@ def load_study(study_dir: Path) -> list[SeriesInstances]:
     SeriesInstanceUID are skipped with a debug log line. Series are ordered by Series
     Number, then UID, so that runs are reproducible.
     """
+    redact_library_warnings()
     groups: dict[str, list[tuple[Dataset, Path]]] = defaultdict(list)
+    repairs: dict[str, list[str]] = defaultdict(list)
     for path in _candidate_files(Path(study_dir)):
         ds = _read_header(path)
         if ds is not None:
-            groups[str(ds.SeriesInstanceUID)].append((ds, path))
-    series = [_make_series(uid, members) for uid, members in groups.items()]
+            uid = str(ds.SeriesInstanceUID)
+            groups[uid].append((ds, path))
+            repairs[uid] += [n for n in _repair(ds) if n not in repairs[uid]]
+    series = [replace(_make_series(uid, members), repairs=tuple(repairs[uid]))
+              for uid, members in groups.items()]
     return sorted(series, key=lambda s: (s.series_number is None, s.series_number or 0,
                                          s.series_uid))
 
@@ -131,6 +149,19 @@ def _identity_from_meta(ds: Dataset) -> None:
         ds.SOPClassUID = meta.MediaStorageSOPClassUID
     if "SOPInstanceUID" not in ds and meta.get("MediaStorageSOPInstanceUID"):
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+
+
+def _repair(ds: Dataset) -> list[str]:
+    """Repair values strict libraries refuse (see :mod:`dicom_io.repair`); log keywords only."""
+    try:
+        notes = repair_values(ds)
+    except Exception as exc:  # a header too odd to repair is still loaded as it is
+        log.warning("could not check header values of instance …%s (%s)",
+                    str(ds.get("SOPInstanceUID", ""))[-12:], type(exc).__name__)
+        return []
+    if notes:
+        log.info("instance …%s: %s", str(ds.get("SOPInstanceUID", ""))[-12:], "; ".join(notes))
+    return notes
 
 
 def _make_series(uid: str, members: list[tuple[Dataset, Path]]) -> SeriesInstances:
@@ -182,9 +213,15 @@ def series_to_volume(
     origin is the first slice's ImagePositionPatient, and spacing between slices must be
     regular within ``max(abs_tol_mm, rel_tol * step)``. Raises :class:`GeometryError` for
     fewer than two slices, mixed orientations, sizes or pixel spacings, duplicate
-    positions, missing slices, uneven spacing, or slices not stacked along the normal.
+    positions, missing slices, uneven spacing, slices not stacked along the normal, or
+    objects that are not CT/MR/PET images (SEG, SR, secondary capture, parametric map …).
     """
     items = datasets.datasets if isinstance(datasets, SeriesInstances) else datasets
+    for ds in items:
+        sop_class = ds.get("SOPClassUID")
+        if sop_class is not None and not is_volume_image(sop_class):
+            name = getattr(sop_class, "name", "") or str(sop_class)
+            raise GeometryError(f"not an image series a volume can be built from ({name})")
     frames = [frame for ds in items for frame in _frames_of(ds)]
     position = datasets.temporal_position if isinstance(datasets, SeriesInstances) else None
     if position is not None and any(f.frame_index is not None for f in frames):
@@ -235,6 +272,47 @@ def without_unusable_instances(series: SeriesInstances) -> tuple[SeriesInstances
                    paths=tuple(p for _, p in keep)), notes
 
 
+def place_by_instance_number(series: SeriesInstances) -> list[str]:
+    """Give classic instances without ImagePositionPatient the position their InstanceNumber
+    implies, when the rest of the series fixes it; returns a note per placed instance.
+
+    Archives do send a slice whose position was lost on the way; its pixels are good and
+    the other slices' numbers and positions say where it belongs (a straight line through
+    them within 0.1 mm). Nothing is placed when that line is not straight or the slot is
+    taken. The datasets in memory are changed, never the files.
+    """
+    lost = [ds for ds in series.datasets if "PerFrameFunctionalGroupsSequence" not in ds
+            and not ds.get("ImagePositionPatient") and _int_or_none(ds.get("InstanceNumber"))]
+    known: list[tuple[int, _Frame]] = []
+    for ds in series.datasets:
+        number = _int_or_none(ds.get("InstanceNumber"))
+        if ds in lost or number is None or "PerFrameFunctionalGroupsSequence" in ds:
+            continue
+        try:
+            known.append((number, _classic_frame(ds)))
+        except (GeometryError, ValueError, TypeError):
+            continue
+    if not lost or len(known) < 3:
+        return []
+    numbers = np.asarray([n for n, _ in known], dtype=np.float64)
+    positions = np.asarray([f.position for _, f in known], dtype=np.float64)
+    design = np.column_stack([numbers, np.ones_like(numbers)])
+    fit, *_ = np.linalg.lstsq(design, positions, rcond=None)
+    if float(np.abs(design @ fit - positions).max()) > 0.1:
+        return []
+    taken = {round(float(n)) for n in numbers}
+    notes = []
+    for ds in lost:
+        number = _int_or_none(ds.get("InstanceNumber"))
+        if number is None or number in taken:
+            continue
+        place = fit[0] * number + fit[1]
+        ds.ImagePositionPatient = [round(float(v), 4) for v in place]
+        notes.append(f"instance …{str(ds.get('SOPInstanceUID', '?'))[-12:]} had no "
+                     f"ImagePositionPatient: placed by its InstanceNumber {number}")
+    return notes
+
+
 def _volume_of(frames: list[_Frame], rel_tol: float, abs_tol_mm: float) -> Volume:
     """The checked, stacked volume of one set of frames (one phase)."""
     _check_same_plane_type(frames)
@@ -260,7 +338,7 @@ def split_series(series: SeriesInstances) -> list[SeriesInstances]:
     temporal tags, else from acquisition times when slice positions repeat. A series with
     one phase is returned as it is.
     """
-    frames = _number_temporal([f for ds in series.datasets for f in _frames_of(ds)])
+    frames = _number_temporal(_readable_frames(series.datasets))
     positions = sorted({f.temporal[0] for f in frames})
     if len(positions) < 2:
         return [series]
@@ -272,8 +350,20 @@ def split_series(series: SeriesInstances) -> list[SeriesInstances]:
         parts.append(SeriesInstances(
             series.series_uid, series.modality, series.description, series.series_number,
             tuple(m[0] for m in members), tuple(m[1] for m in members), position,
-            len(positions)))
+            len(positions), series.repairs))
     return parts
+
+
+def _readable_frames(datasets: Sequence[Dataset]) -> list[_Frame]:
+    """Frames of every instance whose geometry reads; the others are left for
+    :func:`without_unusable_instances` to exclude with their reason."""
+    frames: list[_Frame] = []
+    for ds in datasets:
+        try:
+            frames += _frames_of(ds)
+        except (GeometryError, ValueError, TypeError):
+            continue
+    return frames
 
 
 def split_volumes(series: SeriesInstances) -> list[Volume]:
