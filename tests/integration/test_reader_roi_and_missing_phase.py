@@ -111,18 +111,54 @@ def test_reader_seg_is_the_roi_and_the_sr_says_so(study: tuple[Phantom, Path],
     assert summary["tumour_roi"]["source"] == "reader"
 
 
-def test_missing_pvp_gives_an_sr_with_the_reason(study: tuple[Phantom, Path],
-                                                 tmp_path: Path) -> None:
+def _single_phase_bundles() -> list[str]:
+    """Installed segmentation bundles that can run on one arterial series alone."""
+    from plugin.pipeline.models import segmentation_bundles
+
+    return [b.name for b in segmentation_bundles() if len(b.inputs.phases) == 1
+            and "AP" in b.inputs.accepted(b.inputs.phases[0])]
+
+
+def test_missing_pvp_another_bundle_or_an_sr_with_the_reason(study: tuple[Phantom, Path],
+                                                             tmp_path: Path) -> None:
+    """Without PVP the two-phase bundle cannot run: a single-phase bundle takes the study
+    when one is installed (the SR says which and why), else the SR says why none ran."""
     _, folder = study
     dicom = tmp_path / "dicom"
     shutil.copytree(folder / "dicom", dicom)
     shutil.rmtree(dicom / "PVP")
     result = process_study(dicom, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    reason = summary["segmentation"]["reason"]
+    assert "liver-tumour-seg 0.2.0 not usable: no usable series for PVP" in reason
+    sr_path = tmp_path / "out" / "sr.dcm"
+    hd.sr.srread(sr_path)
+    text = _texts(pydicom.dcmread(sr_path))
+    assert "RESEARCH USE ONLY" in text and "no usable series for PVP" in text
+    single = _single_phase_bundles()
+    if single:
+        assert summary["segmentation"]["ran"] is True
+        assert summary["segmentation"]["bundle"].split()[0] in single
+        assert {p.name for p in result.files} >= {"seg.dcm", "sr.dcm"}
+    else:
+        assert [p.name for p in result.files] == ["sr.dcm"]
+        assert summary["segmentation"]["ran"] is False and summary["measurements"] is None
+
+
+def test_no_usable_series_gives_an_sr_with_the_reason(study: tuple[Phantom, Path],
+                                                      tmp_path: Path) -> None:
+    """A site rule that calls every T1 series OTHER leaves no bundle its input: one SR with
+    every bundle's reason and the response models' own reasons, referencing the images."""
+    _, folder = study
+    rules = tmp_path / "site_rules.toml"
+    rules.write_text('[[mr]]\nlabel = "OTHER"\npattern = "vibe"\n')
+    dicom = folder / "dicom"
+    result = process_study(dicom, tmp_path / "out", PipelineSettings(phase_rules=(rules,)))
     assert [p.name for p in result.files] == ["sr.dcm"]
     sr = pydicom.dcmread(result.files[0])
     hd.sr.srread(result.files[0])
     text = _texts(sr)
-    assert "not run: the segmentation model needs a PVP series" in text
+    assert "Segmentation" in text and "not run" in text and "no usable series for" in text
     assert "RESEARCH USE ONLY" in text
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["segmentation"]["ran"] is False and summary["measurements"] is None
@@ -138,11 +174,11 @@ def test_missing_pvp_gives_an_sr_with_the_reason(study: tuple[Phantom, Path],
 
 def test_site_phase_rules_reach_the_pipeline(study: tuple[Phantom, Path], tmp_path: Path) -> None:
     """``[pipeline] phase_rules``: a site rule calling the arterial series OTHER leaves the
-    segmentation without its AP input, and the SR says so."""
+    two-phase bundle without its AP input, and the SR says so."""
     _, folder = study
     rules = tmp_path / "site_rules.toml"
     rules.write_text('[[mr]]\nlabel = "OTHER"\npattern = "vibe fs ap$"\n')
-    result = process_study(folder / "dicom", tmp_path / "out",
-                           PipelineSettings(phase_rules=(rules,)))
-    assert result.summary["segmentation"]["ran"] is False
-    assert "needs a AP series" in _texts(pydicom.dcmread(result.files[0]))
+    process_study(folder / "dicom", tmp_path / "out", PipelineSettings(phase_rules=(rules,)))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "no usable series for AP" in summary["segmentation"]["reason"]
+    assert "no usable series for AP" in _texts(pydicom.dcmread(tmp_path / "out" / "sr.dcm"))
