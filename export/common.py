@@ -8,8 +8,10 @@ duplicate rather than replace results.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import highdicom as hd
@@ -18,6 +20,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 __all__ = [
+    "AIR_CODING_SCHEME",
+    "AIR_PROCESSING_ALGORITHM",
     "MANUFACTURER",
     "RESEARCH_USE_TEXT",
     "UID_PREFIX",
@@ -26,7 +30,10 @@ __all__ = [
     "ResultIdentity",
     "algorithm_family_code",
     "contributing_equipment",
+    "declare_air_scheme",
     "derive_uid",
+    "device_uid",
+    "file_digest",
     "require_same_study",
 ]
 
@@ -40,6 +47,20 @@ UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 CHARACTER_SET = "ISO_IR 192"
 _UID_NAMESPACE = "hepatica-result-uid"
 
+# IHE AIR Rev 1.1, 6.5.3.1: the Contributing Equipment item that describes an algorithm has
+# Purpose of Reference (Newcode1, 99IHE, "Processing Algorithm"), a code IHE defined while
+# DICOM has none (CID 7005 has no such concept; DCM 109103 is "Modifying Equipment").
+# One constant, so the code can follow when DICOM assigns one.
+AIR_SCHEME = "99IHE"
+AIR_PROCESSING_ALGORITHM = hd.sr.CodedConcept(
+    value="Newcode1", scheme_designator=AIR_SCHEME, meaning="Processing Algorithm"
+)
+AIR_CODING_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(
+    designator=AIR_SCHEME,
+    name="IHE Radiology codes defined pending DICOM assignment",
+    responsible_organization="IHE International",
+)
+
 
 @dataclass(frozen=True)
 class AlgorithmInfo:
@@ -47,11 +68,15 @@ class AlgorithmInfo:
 
     ``family`` is Hepatica's own family name of the bundle ("segmentation",
     "response", ...); the DICOM Algorithm Family code is derived from it.
+    ``model_digest`` identifies the trained weights (e.g. :func:`file_digest` of the model
+    file): it enters the Device UID, so retraining under the same name and version still
+    gives a new device. Empty: the UID depends on name and version only.
     """
 
     name: str
     version: str
     family: str
+    model_digest: str = ""
 
 
 class LesionLike(Protocol):
@@ -144,21 +169,61 @@ def algorithm_family_code(algorithm: AlgorithmInfo) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept.from_code(codes.cid7162.ArtificialIntelligence)
 
 
+def file_digest(*paths: Path | str) -> str:
+    """SHA-256 (hex) over the bytes of ``paths`` in order: a model's ``model_digest``."""
+    if not paths:
+        raise ValueError("file_digest needs at least one file")
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def device_uid(algorithm: AlgorithmInfo) -> str:
+    """Device UID of the algorithm: name, version and weights digest, hashed.
+
+    IHE AIR asks for a new Device UID whenever the model changes (e.g. retraining), so a
+    reader can tell results of two trainings apart even under one name and version. The same
+    UID is the SR's Device Observer UID (TID 1004): one device, one identity.
+    """
+    return derive_uid("device", algorithm.name, algorithm.version, algorithm.model_digest)
+
+
 def contributing_equipment(
     algorithm: AlgorithmInfo, software_versions: str
 ) -> hd.ContributingEquipment:
-    """Processing-equipment entry naming Hepatica and the model (IHE AIR).
+    """Contributing Equipment item describing the algorithm (IHE AIR Rev 1.1, 6.5.3.1).
 
-    The Contribution Description carries the research-use disclaimer so that it
-    travels in every object, whatever the object's own text attributes allow.
+    Purpose "Processing Algorithm", Manufacturer, Manufacturer's Model Name (the model),
+    Software Versions (the model's version first, then Hepatica's) and Device UID. The
+    Contribution Description carries the research-use disclaimer so that it travels in
+    every object, whatever the object's own text attributes allow.
     """
-    return hd.ContributingEquipment(
+    item = hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
         purpose_of_reference=codes.DCM.ProcessingEquipment,
         manufacturer_model_name=algorithm.name,
-        software_versions=software_versions,
+        software_versions=[algorithm.version, software_versions],
         contribution_description=f"{algorithm.name} {algorithm.version}. {RESEARCH_USE_TEXT}",
     )
+    # highdicom 0.28 accepts only CID 7005 codes here; the context group is a defined
+    # (extensible) one, so the AIR code replaces the placeholder after construction.
+    item.PurposeOfReferenceCodeSequence = [AIR_PROCESSING_ALGORITHM]
+    item.DeviceUID = device_uid(algorithm)
+    return item
+
+
+def declare_air_scheme(dataset: Dataset) -> None:
+    """Add 99IHE to the Coding Scheme Identification Sequence (PS3.3 C.12.1.1.4).
+
+    For objects whose highdicom constructor takes no coding schemes (SEG, SC): a reader of
+    the Contributing Equipment item can then look up where its purpose code comes from.
+    """
+    schemes = list(dataset.get("CodingSchemeIdentificationSequence", []))
+    if all(item.CodingSchemeDesignator != AIR_SCHEME for item in schemes):
+        dataset.CodingSchemeIdentificationSequence = [*schemes, AIR_CODING_SCHEME]
 
 
 def require_same_study(source_images: Sequence[Dataset]) -> str:

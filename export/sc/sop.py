@@ -14,7 +14,14 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from export.common import CHARACTER_SET, MANUFACTURER, RESEARCH_USE_TEXT
+from export.common import (
+    CHARACTER_SET,
+    MANUFACTURER,
+    RESEARCH_USE_TEXT,
+    AlgorithmInfo,
+    contributing_equipment,
+    declare_air_scheme,
+)
 from export.sc.codes import (
     BODY_PART,
     DERIVATION_DESCRIPTION,
@@ -24,6 +31,9 @@ from export.sc.codes import (
 from export.sc.render import render_heatmap
 
 __all__ = ["build_heatmap_image"]
+
+# Named when the caller gives no model: the picture is then attributed to Hepatica itself.
+_RENDERER = AlgorithmInfo(name="hepatica-heatmap", version="unknown", family="rendering")
 
 
 def build_heatmap_image(
@@ -38,11 +48,15 @@ def build_heatmap_image(
     series_number: int,
     instance_number: int,
     software_versions: str,
+    algorithm: AlgorithmInfo | None = None,
 ) -> hd.sc.SCImage:
     """Render ``probability`` over ``background`` and wrap it as an SC image.
 
     Patient and study come from ``source_image`` (the result joins its study);
-    the RESEARCH USE ONLY text is burned into every image.
+    the RESEARCH USE ONLY text is burned into every image. ``algorithm`` is the model
+    whose probability map this is: the Contributing Equipment item (IHE AIR) names it.
+    Without it the item names only Hepatica's software (``_RENDERER``), which is not
+    what AIR asks for; callers should pass it.
     """
     pixels = render_heatmap(
         background,
@@ -66,8 +80,12 @@ def build_heatmap_image(
         series_description=SERIES_DESCRIPTION,
         software_versions=software_versions,
         specific_character_set=CHARACTER_SET,
+        contributing_equipment=[
+            contributing_equipment(algorithm or _RENDERER, software_versions)
+        ],
     )
     _describe_derivation(image, source_image)
+    declare_air_scheme(image)
     return image
 
 

@@ -13,6 +13,7 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 
 from export.common import (
     CHARACTER_SET,
@@ -21,6 +22,7 @@ from export.common import (
     AlgorithmInfo,
     algorithm_family_code,
     contributing_equipment,
+    declare_air_scheme,
     require_same_study,
 )
 from export.seg.codes import (
@@ -42,6 +44,7 @@ __all__ = [
 LIVER_SEGMENT_NUMBER = 1
 SERIES_DESCRIPTION = "Hepatica liver and tumour segmentation"
 _CONTENT_LABEL = "HEPATICA_LIVER"  # CS, 16 characters at most
+_BODY_PART = "ABDOMEN"  # PS3.16 Annex L defined term, when the source names none
 
 
 def lesion_segment_number(label: int) -> int:
@@ -73,7 +76,7 @@ def build_segmentation(
     identification = _algorithm_identification(algorithm)
     descriptions = [_liver_description(identification)]
     descriptions += [_lesion_description(k, identification) for k in range(1, n_lesions + 1)]
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=list(source_images),
         pixel_array=_stack_segments(liver_mask, lesion_labels, n_lesions),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -93,6 +96,28 @@ def build_segmentation(
         omit_empty_frames=True,
         specific_character_set=CHARACTER_SET,
     )
+    # General Series: Body Part Examined tells validators (PixelMed) that Laterality
+    # (Type 2C, paired body parts only) is not needed; the liver is unpaired.
+    seg.BodyPartExamined = source_images[0].get("BodyPartExamined") or _BODY_PART
+    _state_unpaired(seg)
+    declare_air_scheme(seg)
+    return seg
+
+
+def _state_unpaired(seg: Dataset) -> None:
+    """Frame Anatomy (shared): the frames show the abdomen, an unpaired region ("U").
+
+    Why: PixelMed's validator asks for Laterality whenever neither Image nor Frame
+    Laterality is present (it cannot tell paired body parts), while dciodvfy rightly
+    refuses Laterality for an unpaired one. Frame Laterality "U" states the fact and
+    satisfies both; the Frame Anatomy macro is not in the SEG IOD's functional groups, so
+    the object becomes a Standard Extended SOP Class (dciodvfy: warnings only). See
+    ``docs/air_conformance.md``.
+    """
+    anatomy = Dataset()
+    anatomy.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(codes.SCT.Abdomen)]
+    anatomy.FrameLaterality = "U"
+    seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [anatomy]
 
 
 def _check_inputs(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import highdicom as hd
 
@@ -19,6 +20,9 @@ from export.common import derive_uid
 from export.sr import codes
 
 __all__ = ["LesionResponseRow", "OverallResponse", "response_groups"]
+
+G = TypeVar("G", bound=hd.sr.MeasurementsAndQualitativeEvaluations)
+_MEASUREMENT_METHOD = "370129005"  # (370129005, SCT, "Measurement Method")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,14 @@ def _method(criterion: str) -> hd.sr.CodedConcept:
     raise ValueError(f"unknown response criterion {criterion!r}; expected RECIST 1.1 or mRECIST")
 
 
+def _method_as_concept_modifier(group: G) -> G:
+    """TID 1501 row 5: Measurement Method is HAS CONCEPT MOD (highdicom 0.28 writes CONTAINS)."""
+    for item in group[0].ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == _MEASUREMENT_METHOD:
+            item.RelationshipType = hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD.value
+    return group
+
+
 def _overall_group(item: OverallResponse) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     if item.category not in codes.RESPONSE_CATEGORY:
         raise ValueError(f"unknown response category {item.category!r}; expected one of "
@@ -69,7 +81,7 @@ def _overall_group(item: OverallResponse) -> hd.sr.MeasurementsAndQualitativeEva
     change = (100.0 * (item.current_sum_mm - item.baseline_sum_mm) / item.baseline_sum_mm
               if item.baseline_sum_mm > 0 else 0.0)
     mm = codes.UNIT_MILLIMETRE
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    return _method_as_concept_modifier(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derive_uid("response", item.criterion, item.baseline_study_uid),
             identifier=f"Response {item.criterion}"),
@@ -84,7 +96,7 @@ def _overall_group(item: OverallResponse) -> hd.sr.MeasurementsAndQualitativeEva
         ],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             codes.RESPONSE_EVALUATION, codes.RESPONSE_CATEGORY[item.category])],
-    )
+    ))
 
 
 def _lesion_group(row: LesionResponseRow) -> hd.sr.MeasurementsAndQualitativeEvaluations:

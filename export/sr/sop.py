@@ -22,6 +22,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from export.common import (
+    AIR_CODING_SCHEME,
     CHARACTER_SET,
     MANUFACTURER,
     RESEARCH_USE_TEXT,
@@ -30,10 +31,12 @@ from export.common import (
     algorithm_family_code,
     contributing_equipment,
     derive_uid,
+    device_uid,
     require_same_study,
 )
 from export.seg.sop import LIVER_SEGMENT_NUMBER, lesion_segment_number
 from export.sr import codes
+from export.sr.anchor import anchor_groups
 
 __all__ = [
     "SERIES_DESCRIPTION",
@@ -69,6 +72,7 @@ def build_measurement_report(
     instance_number: int = 1,
     extra_groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations] = (),
     liver_outline_zyx: Outline | None = None,
+    other_algorithms: Sequence[AlgorithmInfo] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 report for ``lesions`` segmented in ``segmentation``.
 
@@ -77,6 +81,9 @@ def build_measurement_report(
     (TID 1501, no ROI of their own) follow the lesion groups. The z of a lesion's
     ``longest_diameter_endpoints_zyx`` indexes ``source_images`` (the SEG's order), as
     does the z of ``liver_outline_zyx`` (drawn as the liver's TID 1410 group when given).
+    ``extra_groups`` are tied to a lesion or to the liver (``export.sr.anchor``).
+    ``other_algorithms`` (e.g. the response models, with their ``model_digest``) get their
+    own Contributing Equipment items; any other algorithm a group names gets one too.
     """
     require_same_study([*source_images, segmentation])
     _check_segments(segmentation, lesions)
@@ -85,27 +92,42 @@ def build_measurement_report(
                  | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
                  | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
         _liver_group(segmentation, liver_volume_ml, tumour_burden_pct, algorithm_id)]
-    groups += _liver_outline_group(source_images, segmentation, liver_outline_zyx, algorithm_id)
+    outline = _liver_outline_group(source_images, segmentation, liver_outline_zyx, algorithm_id)
+    groups += outline
     for lesion in lesions:
         groups.append(_lesion_group(segmentation, lesion, algorithm_id))
         groups += _long_axis_group(source_images, segmentation, lesion, algorithm_id)
-    groups += list(extra_groups)  # TID 1501 groups, e.g. the response (export.sr.response)
+    # TID 1501 groups (response models, RECIST): each tied to a lesion or to the liver
+    groups += anchor_groups(
+        extra_groups,
+        segments_by_uid={
+            lesion_tracking_uid(str(segmentation.SOPInstanceUID), number):
+                _referenced_segment(segmentation, number)
+            for number in (lesion_segment_number(x.label) for x in lesions)},
+        liver_segment=_referenced_segment(segmentation, LIVER_SEGMENT_NUMBER),
+        liver_region=_image_region(outline[0]) if outline else None,
+        algorithm_id=algorithm_id)
     return wrap_report(groups, source_images, [*source_images, segmentation], extra_text,
                        series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
                        series_number=series_number, instance_number=instance_number,
-                       algorithm=algorithm, software_versions=software_versions)
+                       algorithm=algorithm, software_versions=software_versions,
+                       other_algorithms=other_algorithms)
 
 
 def wrap_report(groups: Sequence[Any], source_images: Sequence[Dataset],
                 evidence: Sequence[Dataset], extra_text: Sequence[tuple[str, str]], *,
                 series_instance_uid: str, sop_instance_uid: str, series_number: int,
                 instance_number: int, algorithm: AlgorithmInfo,
-                software_versions: str) -> hd.sr.Comprehensive3DSR:
+                software_versions: str,
+                other_algorithms: Sequence[AlgorithmInfo] = ()) -> hd.sr.Comprehensive3DSR:
     """TID 1500 around ``groups``, with the notes, as a Comprehensive 3D SR object.
 
     The one place both the full and the partial report get their document identity, so
-    the two never differ in manufacturer, coding schemes or character set.
+    the two never differ in manufacturer, coding schemes or character set. Contributing
+    Equipment (IHE AIR): ``algorithm``, then ``other_algorithms``, then every other
+    algorithm a group's TID 4019 names (name and version only: no digest is known).
     """
+    algorithms = _algorithms(algorithm, other_algorithms, groups)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=codes.PROCEDURE_REPORTED,
@@ -119,9 +141,38 @@ def wrap_report(groups: Sequence[Any], source_images: Sequence[Dataset],
         sop_instance_uid=sop_instance_uid, instance_number=instance_number,
         manufacturer=MANUFACTURER, is_complete=True, series_description=SERIES_DESCRIPTION,
         software_versions=software_versions, manufacturer_model_name=algorithm.name,
-        contributing_equipment=[contributing_equipment(algorithm, software_versions)],
-        coding_schemes=[codes.CODING_SCHEME], specific_character_set=CHARACTER_SET,
+        contributing_equipment=[contributing_equipment(a, software_versions) for a in algorithms],
+        coding_schemes=[codes.CODING_SCHEME, AIR_CODING_SCHEME],
+        specific_character_set=CHARACTER_SET,
     )
+
+
+def _algorithms(algorithm: AlgorithmInfo, others: Sequence[AlgorithmInfo],
+                groups: Sequence[Any]) -> list[AlgorithmInfo]:
+    """Every algorithm of the report once: the given ones, then those only groups name."""
+    found = [algorithm, *others]
+    for group in groups:
+        text = {item.ConceptNameCodeSequence[0].CodeValue: str(item.TextValue)
+                for item in group[0].ContentSequence if item.ValueType == "TEXT"}
+        if _ALGORITHM_NAME in text:
+            found.append(AlgorithmInfo(text[_ALGORITHM_NAME], text.get(_ALGORITHM_VERSION, ""),
+                                       family=""))
+    unique: dict[tuple[str, str], AlgorithmInfo] = {}
+    for item in found:
+        unique.setdefault((item.name, item.version), item)
+    return list(unique.values())
+
+
+_ALGORITHM_NAME, _ALGORITHM_VERSION = "111001", "111003"
+
+
+def _image_region(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> Dataset:
+    """The SCOORD "Image Region" item of a TID 1410 group."""
+    for item in group[0].ContentSequence:
+        if item.ValueType == "SCOORD":
+            region: Dataset = item
+            return region
+    raise ValueError("planar group without an image region")
 
 
 def _check_segments(segmentation: Dataset, lesions: Sequence[LesionLike]) -> None:
@@ -153,7 +204,7 @@ def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
 def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
     """Device observer: the algorithm, not a person, made these observations."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=derive_uid("device-observer", algorithm.name, algorithm.version),
+        uid=device_uid(algorithm),  # the Contributing Equipment item's Device UID
         name=algorithm.name,
         manufacturer_name=MANUFACTURER,
         model_name=f"{algorithm.name} {algorithm.version}",
