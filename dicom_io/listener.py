@@ -10,26 +10,26 @@ affects the others of the association, and never stops the node.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pydicom.uid import RLELossless
-from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    CTImageStorage,
-    EnhancedCTImageStorage,
-    EnhancedMRImageStorage,
-    MRImageStorage,
-    Verification,
-)
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_io.log_redaction import redact_library_warnings
 from dicom_io.privacy import hash_identifier
+from dicom_io.sop_classes import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_CLASSES, is_volume_image
 from dicom_io.spool import (
+    DEFAULT_QUARANTINE_MAX_BYTES,
+    DuplicateInstanceError,
     InstanceIdentity,
     InvalidInstanceError,
     Spool,
@@ -37,6 +37,7 @@ from dicom_io.spool import (
     identify,
 )
 from dicom_io.status import Status
+from dicom_io.tls import TlsSettings, server_context
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
@@ -49,33 +50,32 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STORAGE_SOP_CLASSES: tuple[str, ...] = (
-    str(CTImageStorage),
-    str(MRImageStorage),
-    str(EnhancedCTImageStorage),
-    str(EnhancedMRImageStorage),
-)
-# pynetdicom's defaults (implicit/explicit little endian, deflated, explicit big endian)
-# plus RLE Lossless, which pydicom decodes without extra plugins. JPEG family syntaxes
-# are left out on purpose: accepting pixels we cannot decode would fail the study later;
-# a PACS that prefers them still proposes an uncompressed fallback.
-ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (*DEFAULT_TRANSFER_SYNTAXES, str(RLELossless))
-
-ACSE_TIMEOUT_S = 30.0
-DIMSE_TIMEOUT_S = 60.0
-NETWORK_TIMEOUT_S = 120.0
+STORAGE_SOP_CLASSES: tuple[str, ...] = STORAGE_CLASSES
+OWN_MANUFACTURER = "Hepatica"
 _ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
 
 
 @dataclass(frozen=True)
 class ListenerSettings:
-    """Where and as whom the SCP listens; ``allowed_callers`` empty means anyone."""
+    """Where and as whom the SCP listens, its limits, and its TLS identity.
+
+    ``allowed_callers`` empty means any calling AE title. ``max_associations`` counts open
+    connections (pynetdicom counts a connection before it associates), so idle sockets are
+    closed after ``acse_timeout_s`` without an association request and ``idle_timeout_s``
+    without traffic. ``tls`` set means the port speaks only DICOM TLS.
+    """
 
     ae_title: str
     host: str
     port: int
     allowed_callers: tuple[str, ...] = ()
     max_pdu: int = 0
+    max_associations: int = 32
+    acse_timeout_s: float = 30.0
+    idle_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    quarantine_max_bytes: int = DEFAULT_QUARANTINE_MAX_BYTES
+    tls: TlsSettings | None = None
 
     def __post_init__(self) -> None:
         if not 0 < len(self.ae_title.strip()) <= 16:
@@ -84,6 +84,34 @@ class ListenerSettings:
             raise ValueError(f"port must be 0-65535 (0 = any free port), got {self.port}")
         if self.max_pdu < 0:
             raise ValueError("max_pdu must be >= 0 (0 = unlimited)")
+        if self.max_associations < 1:
+            raise ValueError("max_associations must be at least 1")
+        for name in ("acse_timeout_s", "idle_timeout_s", "dimse_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds")
+        if self.quarantine_max_bytes < 0:
+            raise ValueError("quarantine_max_bytes must be >= 0")
+
+
+class _GuardedServer(ThreadedAssociationServer):
+    """Association server whose accept loop never waits on a client.
+
+    pynetdicom wraps a TLS socket (handshake included) in the accepting thread, so one
+    silent client would stall every other caller; here the handshake is deferred to the
+    association's own thread (OpenSSL completes it on the first read) and every accepted
+    socket gets a timeout, so a peer that stops mid-PDU frees its thread.
+    """
+
+    socket_timeout_s: float = 30.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        client.settimeout(self.socket_timeout_s)
+        if self.ssl_context is not None:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False)
+        return client, address
 
 
 class StoreRejected(Exception):
@@ -181,7 +209,10 @@ class StorageSCP:
 
     ``on_stored`` runs in the association's thread, after the durable write and before the
     response is sent; it may be called concurrently from several associations and again
-    for a resent instance (``new`` is then False).
+    for a resent instance (``new`` is then False). By default it is called only for
+    instances that may feed the pipeline (``StoredInstance.source_image``): a SEG, SR, KO or
+    our own result routed back is kept with its study but must not re-open the study's
+    job. ``notify_all=True`` reports every stored instance.
     """
 
     def __init__(
@@ -189,10 +220,13 @@ class StorageSCP:
         settings: ListenerSettings,
         spool: Spool,
         on_stored: Callable[[StoredInstance], None],
+        *,
+        notify_all: bool = False,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.on_stored = on_stored
+        self.notify_all = notify_all
         self._server: ThreadedAssociationServer | None = None
 
     def __enter__(self) -> StorageSCP:
@@ -217,14 +251,16 @@ class StorageSCP:
         """Start listening in background threads; returns at once."""
         if self._server is not None:
             raise RuntimeError("the SCP is already running")
+        redact_library_warnings()
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
         ]
-        address = (self.settings.host, self.settings.port)
-        self._server = self._build_ae().start_server(address, block=False, evt_handlers=handlers)
-        log.info("storage SCP %s listening on %s:%d", self.settings.ae_title,
-                 self.settings.host, self.port)
+        context = server_context(self.settings.tls) if self.settings.tls else None
+        self._server = _serve(self._build_ae(), (self.settings.host, self.settings.port),
+                              handlers, context, self.settings.idle_timeout_s)
+        log.info("storage SCP %s listening on %s:%d%s", self.settings.ae_title,
+                 self.settings.host, self.port, " (TLS)" if context else "")
 
     def stop(self) -> None:
         """Stop accepting and close the listening socket (idempotent)."""
@@ -234,11 +270,13 @@ class StorageSCP:
 
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)
-        ae.acse_timeout = ACSE_TIMEOUT_S
-        ae.dimse_timeout = DIMSE_TIMEOUT_S
-        ae.network_timeout = NETWORK_TIMEOUT_S
+        ae.acse_timeout = self.settings.acse_timeout_s
+        ae.dimse_timeout = self.settings.dimse_timeout_s
+        ae.network_timeout = self.settings.idle_timeout_s
+        ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.require_calling_aet = list(self.settings.allowed_callers)
+        ae.require_called_aet = True
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
@@ -251,7 +289,8 @@ class StorageSCP:
         """C-STORE entry point: every exception ends here as a failure status."""
         try:
             stored = self._receive(event)
-            self.on_stored(stored)
+            if stored.source_image or self.notify_all:
+                self.on_stored(stored)
         except Exception as exc:  # the node must answer, whatever happened
             return self._refuse(event, failure_for(exc), exc)
         return _status(Status.SUCCESS)
@@ -264,7 +303,23 @@ class StorageSCP:
             context_sop_class=str(event.context.abstract_syntax),
             requested_sop_uid=_requested_sop_uid(event),
         )
-        stored = self.spool.store_encoded(event.encoded_dataset(include_meta=True), identity)
+        data = event.encoded_dataset(include_meta=True)
+        source = (is_volume_image(identity.sop_class_uid)
+                  and str(ds.get("Manufacturer", "") or "") != OWN_MANUFACTURER)
+        try:
+            stored = self.spool.store_encoded(data, identity, source_image=source)
+        except DuplicateInstanceError as dup:
+            if not dup.same_place:
+                raise StoreRejected(Status.DUPLICATE_SOP_INSTANCE,
+                                    "SOPInstanceUID already stored in another series or study"
+                                    ) from dup
+            # Same study and series: by DICOM it is the same instance. The first durable
+            # copy stays (a job may be reading it); the newcomer is kept for inspection.
+            log.warning("sop=%s resent with different content; first copy kept, newcomer "
+                        "quarantined", identity.sop_uid)
+            self._quarantine_bytes(data, f"sop={identity.sop_uid} duplicate: same SOP "
+                                         "Instance UID with different content; first copy kept")
+            stored = dup.existing
         log.info(
             "stored sop=%s series=%s study=%s patient=%s new=%s from=%s",
             stored.sop_uid, stored.series_uid, stored.study_uid,
@@ -274,7 +329,7 @@ class StorageSCP:
 
     def _refuse(self, event: Event, rejection: StoreRejected, exc: BaseException) -> Dataset:
         """Log, quarantine if useful, and build the failure response."""
-        sop = _requested_sop_uid(event) or "?"
+        sop = _safe_uid_text(_requested_sop_uid(event)) or "?"
         log.warning(
             "refused C-STORE sop=%s from=%s: 0x%04X %s",
             sop, _caller(event), int(rejection.status), rejection.reason,
@@ -287,11 +342,38 @@ class StorageSCP:
 
     def _quarantine(self, event: Event, reason: str) -> None:
         try:
-            path = self.spool.quarantine(event.encoded_dataset(include_meta=True), reason)
+            data = event.encoded_dataset(include_meta=True)
+        except Exception:  # the request carried no usable data set at all
+            log.warning("refused instance had no data set to quarantine")
+            return
+        self._quarantine_bytes(data, reason)
+
+    def _quarantine_bytes(self, data: bytes, reason: str) -> None:
+        try:
+            path = self.spool.quarantine(data, reason,
+                                         max_bytes=self.settings.quarantine_max_bytes)
         except Exception:  # quarantine is best effort; the failure status still goes out
             log.exception("could not quarantine refused instance")
             return
-        log.info("quarantined as %s", path.name)
+        if path is not None:
+            log.info("quarantined as %s", path.name)
+
+
+def _serve(ae: AE, address: tuple[str, int], handlers: list[Any],
+           context: ssl.SSLContext | None, socket_timeout_s: float) -> ThreadedAssociationServer:
+    """Start ``ae`` as a non-blocking :class:`_GuardedServer`."""
+    server = cast(_GuardedServer, ae.make_server(
+        address, ssl_context=context, evt_handlers=handlers, server_class=_GuardedServer))
+    server.socket_timeout_s = socket_timeout_s
+    thread = threading.Thread(target=server.serve_forever, name="hepatica-scp", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # so AE.shutdown() finds it, as start_server would
+    return server
+
+
+def _safe_uid_text(value: str) -> str:
+    """A UID for a log line: printable ASCII only, bounded (it may be hostile)."""
+    return "".join(c if 32 < ord(c) < 127 else "?" for c in value[:80])
 
 
 def _requested_sop_uid(event: Event) -> str:

@@ -20,8 +20,12 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, build_role, evt
-from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom import AE, build_context, build_role, evt
+
+from dicom_io.sop_classes import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_CLASSES
+from dicom_io.spool import write_durably
+from dicom_io.tls import TlsSettings, client_context
+from dicom_io.uids import checked_uid, path_under
 
 __all__ = [
     "PacsPeer",
@@ -36,6 +40,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _PENDING = (0xFF00, 0xFF01)
+_OUT_OF_RESOURCES = 0xA702  # C-STORE sub-operation: out of resources
+_CANNOT_UNDERSTAND = 0xC000
 # Study Root Query/Retrieve Information Model SOP classes (PS3.4 C.6.2)
 StudyRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.2.1")
 StudyRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.2.2")
@@ -55,6 +61,7 @@ class PacsPeer:
     port: int
     calling_ae: str = "HEPATICA"
     timeout_s: float = 120.0
+    tls: TlsSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -81,11 +88,13 @@ def order_timepoints(studies: Sequence[PriorStudy]) -> list[PriorStudy]:
 def _association(peer: PacsPeer, contexts: Sequence[Any], roles: Sequence[Any] = (),
                  handlers: Sequence[Any] = ()) -> Any:
     ae = AE(ae_title=peer.calling_ae)
-    for context in contexts:
-        ae.add_requested_context(context)
+    ae.requested_contexts = [c if not isinstance(c, str) else build_context(c)
+                             for c in contexts]
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
+    tls_args = (client_context(peer.tls), peer.host) if peer.tls else None
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                         ext_neg=list(roles) or None, evt_handlers=list(handlers) or None)
+                         ext_neg=list(roles) or None, evt_handlers=list(handlers) or None,
+                         tls_args=tls_args)
     if not assoc.is_established:
         raise PriorsError(f"{peer.ae_title} at {peer.host}:{peer.port} refused or did not "
                           "answer the association (is Hepatica's AE title known to it?)")
@@ -153,63 +162,92 @@ def move_study(peer: PacsPeer, study_uid: str, destination_ae: str) -> int:
                                            StudyRootQueryRetrieveInformationModelMove):
             _check(status, "C-MOVE", peer)
             completed = int(status.get("NumberOfCompletedSuboperations", completed))
-            if int(status.get("NumberOfFailedSuboperations", 0) or 0):
-                raise PriorsError(f"C-MOVE of study …{study_uid[-12:]}: "
-                                  f"{status.NumberOfFailedSuboperations} instance(s) failed")
+            _check_complete(status, "C-MOVE", study_uid)
     finally:
         assoc.release()
     return completed
 
 
 def get_study(peer: PacsPeer, study_uid: str, out_dir: Path) -> int:
-    """C-GET the study into ``out_dir`` on one association; returns instances stored."""
+    """C-GET the study into ``out_dir`` on one association; returns instances stored.
+
+    Each instance is named after its SOP Instance UID only once that is a valid UID (the
+    remote decides it), and written durably; an instance we cannot file is answered with a
+    failure, so the retrieve ends incomplete and raises :class:`PriorsError`.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    stored: list[Path] = []
+    stored: set[str] = set()
 
     def on_store(event: Any) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        path = out_dir / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        stored.append(path)
+        try:
+            sop_uid = checked_uid(str(event.request.AffectedSOPInstanceUID or ""),
+                                  "SOP Instance UID")
+            write_durably(path_under(out_dir, sop_uid, suffix=".dcm"),
+                          event.encoded_dataset(include_meta=True))
+        except Exception as exc:  # a failure status, never an exception into pynetdicom
+            log.warning("C-GET sub-operation refused: %s", type(exc).__name__)
+            return _CANNOT_UNDERSTAND if isinstance(exc, ValueError) else _OUT_OF_RESOURCES
+        stored.add(sop_uid)
         return 0x0000
 
-    storage = [UID(str(c.abstract_syntax)) for c in StoragePresentationContexts][:120]
-    roles = [build_role(uid, scp_role=True) for uid in storage]
+    # Every class a liver study may hold (our own SEG/SR/SC included), each offering every
+    # syntax we can decode so the archive need not transcode; one context per class.
+    storage = [build_context(uid, list(ACCEPTED_TRANSFER_SYNTAXES)) for uid in STORAGE_CLASSES]
+    roles = [build_role(uid, scp_role=True) for uid in STORAGE_CLASSES]
     assoc = _association(peer, [StudyRootQueryRetrieveInformationModelGet, *storage], roles,
                          [(evt.EVT_C_STORE, on_store)])
     try:
         for status, _ in assoc.send_c_get(_study_identifier(study_uid),
                                           StudyRootQueryRetrieveInformationModelGet):
             _check(status, "C-GET", peer)
+            _check_complete(status, "C-GET", study_uid)
     finally:
         assoc.release()
     return len(stored)
 
 
+def _check_complete(status: Dataset, what: str, study_uid: str) -> None:
+    """A retrieve with a failed or warning sub-operation is incomplete: never cache it."""
+    failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
+    warned = int(status.get("NumberOfWarningSuboperations", 0) or 0)
+    if failed or warned or int(status.Status) == 0xB000:
+        raise PriorsError(f"{what} of study …{study_uid[-12:]} incomplete: {failed} failed, "
+                          f"{warned} with warnings")
+
+
 class PriorCache:
-    """Which prior studies were retrieved completely, and where their files lie."""
+    """Which prior studies were retrieved completely, and where their files lie.
+
+    The marker ``root/<StudyUID>.json`` is the promise "this folder holds the whole study": it
+    is written (durably) only after a retrieve that ended without failures and brought at
+    least one instance, so an empty or interrupted retrieve is simply tried again.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
     def _marker(self, study_uid: str) -> Path:
-        return self.root / f"{study_uid}.json"
+        return path_under(self.root, study_uid, suffix=".json")
 
     def folder(self, study_uid: str) -> Path:
         """Where C-GET / REST downloads put a study (C-MOVE lands in the spool instead)."""
-        return self.root / study_uid
+        return path_under(self.root, study_uid)
 
     def lookup(self, study_uid: str) -> Path | None:
         """The folder of a completely retrieved study, or None."""
         marker = self._marker(study_uid)
-        if not marker.exists():
-            return None
-        folder = Path(json.loads(marker.read_text())["folder"])
-        return folder if folder.is_dir() else None
+        try:
+            record = json.loads(marker.read_text())
+            folder = Path(record["folder"])
+            instances = int(record["instances"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # absent, or torn by a crash before this version wrote durably
+        return folder if instances > 0 and folder.is_dir() else None
 
     def mark_complete(self, study_uid: str, folder: Path, instances: int) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self._marker(study_uid).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"folder": str(folder), "instances": instances}))
-        tmp.replace(self._marker(study_uid))
+        """Record a complete retrieve; :class:`PriorsError` when nothing arrived."""
+        if instances <= 0 or not Path(folder).is_dir() or not any(Path(folder).rglob("*.dcm")):
+            raise PriorsError(f"the retrieve of prior study …{study_uid[-12:]} brought no "
+                              "instances; not cached, it is tried again next time")
+        record = {"folder": str(folder), "instances": instances}
+        write_durably(self._marker(study_uid), json.dumps(record).encode())

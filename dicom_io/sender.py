@@ -22,6 +22,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from dicom_io.status import is_failure
+from dicom_io.tls import TlsSettings, client_context
 
 __all__ = ["Peer", "SendError", "SendReport", "send_files"]
 
@@ -48,6 +49,9 @@ class Peer:
     host: str
     port: int
     calling_ae: str = "HEPATICA"
+    tls: TlsSettings | None = None
+    """Speak DICOM TLS to the peer: its certificate must chain to ``tls.ca``; ours (if
+    set) is presented when the peer asks for a client certificate."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,8 @@ def _attempt(batch: _Batch, peer: Peer, contexts: list[PresentationContext]) -> 
     ae.network_timeout = NETWORK_TIMEOUT_S
     ae.connection_timeout = CONNECT_TIMEOUT_S
     ae.requested_contexts = contexts
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    tls_args = (client_context(peer.tls), peer.host) if peer.tls else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         return _association_failure(assoc, peer)
     try:

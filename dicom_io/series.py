@@ -22,7 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_io.privacy import redact_library_warnings
+from dicom_io.log_redaction import redact_library_warnings
 from dicom_io.repair import repair_values
 from dicom_io.sop_classes import is_volume_image
 from dicom_io.volume import Volume

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import tempfile
+import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -24,22 +25,25 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
+from dicom_io.uids import InvalidUidError, checked_uid, is_valid_uid
+
 __all__ = [
+    "DEFAULT_QUARANTINE_MAX_BYTES",
     "QUARANTINE_DIR",
+    "DuplicateInstanceError",
     "InstanceIdentity",
     "InvalidInstanceError",
     "Spool",
     "StoredInstance",
     "is_valid_uid",
     "require_uid",
+    "write_durably",
 ]
 
 QUARANTINE_DIR = "_quarantine"
-
-# Digits and single dots only, at most 64 characters (PS3.5 9.1). Leading zeros inside a
-# component are tolerated: some modalities emit them and refusing the study helps nobody.
-# What matters for the file system is that no "..", "/" or empty component can get through.
-_UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+DEFAULT_QUARANTINE_MAX_BYTES = 1 << 30  # 1 GiB: room for a few refused studies
+_LOCK_STRIPES = 64
+# UIDs are checked by dicom_io.uids (PS3.5 9.1 grammar) before they name a folder or file.
 _PREAMBLE_END = 128
 
 
@@ -59,7 +63,11 @@ class InstanceIdentity:
 
 @dataclass(frozen=True)
 class StoredInstance:
-    """Where an instance landed; ``new`` is False when identical bytes were already there."""
+    """Where an instance landed; ``new`` is False when the spool already held it.
+
+    ``source_image`` says whether the caller judged it an image the pipeline may read (a
+    CT/MR image, not a SEG/SR/KO or our own result); it decides whether a job is touched.
+    """
 
     study_uid: str
     series_uid: str
@@ -67,11 +75,22 @@ class StoredInstance:
     sop_class_uid: str
     path: Path
     new: bool
+    source_image: bool = True
 
 
-def is_valid_uid(value: object) -> bool:
-    """True when ``value`` is a UID safe to use as a path component."""
-    return isinstance(value, str) and len(value) <= 64 and _UID_RE.fullmatch(value) is not None
+class DuplicateInstanceError(Exception):
+    """The SOP Instance UID is already stored with different content; the first copy wins.
+
+    ``same_place`` is True when the stored copy has the same study and series (by DICOM the
+    same instance, re-encoded or coerced on the way); False when it sits in another series
+    or study, which is a UID collision or hostile input. ``existing`` describes the copy kept.
+    """
+
+    def __init__(self, existing: StoredInstance, same_place: bool) -> None:
+        where = "same series" if same_place else "another series or study"
+        super().__init__(f"SOP Instance {existing.sop_uid} already stored ({where})")
+        self.existing = existing
+        self.same_place = same_place
 
 
 def require_uid(ds: Dataset, keyword: str) -> str:
@@ -184,6 +203,10 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._index_lock = threading.Lock()
+        self._index: dict[str, Path] | None = None
+        self._quarantine_lock = threading.Lock()
 
     def study_dir(self, study_uid: str) -> Path:
         """Directory of one study; the UID is validated so it cannot escape the root."""
@@ -205,7 +228,8 @@ class Spool:
         """File a dataset (encoded as Part 10) or already-encoded bytes, durably.
 
         Raises :class:`InvalidInstanceError` when the UIDs needed to file it are missing or
-        invalid; the caller decides whether to quarantine.
+        invalid, :class:`DuplicateInstanceError` when the SOP Instance UID is already stored
+        with other bytes; the caller decides whether to quarantine.
         """
         if isinstance(item, Dataset):
             identity = identify(item)
@@ -215,33 +239,112 @@ class Spool:
         identity, data = _parse_bytes(bytes(item))
         return self.store_encoded(data, identity)
 
-    def store_encoded(self, data: bytes, identity: InstanceIdentity) -> StoredInstance:
-        """File Part 10 bytes whose identity the caller already validated (the SCP path)."""
-        target = self.instance_path(identity)
-        new = not _same_content(target, data)
-        if new:
-            write_durably(target, data)
-        return StoredInstance(
-            study_uid=identity.study_uid,
-            series_uid=identity.series_uid,
-            sop_uid=identity.sop_uid,
-            sop_class_uid=identity.sop_class_uid,
-            path=target,
-            new=new,
-        )
+    def store_encoded(self, data: bytes, identity: InstanceIdentity, *,
+                      source_image: bool = True) -> StoredInstance:
+        """File Part 10 bytes whose identity the caller already validated (the SCP path).
 
-    def quarantine(self, data: bytes, reason: str) -> Path:
-        """Keep bytes we refused, with the reason beside them, for a human to inspect."""
+        The first durable copy of a SOP Instance UID wins: identical bytes again give
+        ``new=False``; different bytes raise :class:`DuplicateInstanceError` and leave the
+        stored copy untouched (a job may be reading it).
+        """
+        target = self.instance_path(identity)
+
+        def result(path: Path, new: bool) -> StoredInstance:
+            return StoredInstance(identity.study_uid, identity.series_uid, identity.sop_uid,
+                                  identity.sop_class_uid, path, new, source_image)
+
+        stripe = self._stripes[zlib.crc32(identity.sop_uid.encode()) % _LOCK_STRIPES]
+        with stripe:
+            existing = self._existing(identity.sop_uid, target)
+            if existing is None:
+                write_durably(target, data)
+                self._remember(identity.sop_uid, target)
+                return result(target, True)
+        if existing == target and _same_content(target, data):
+            return result(target, False)
+        if existing == target:
+            raise DuplicateInstanceError(result(target, False), same_place=True)
+        study, series = existing.parent.parent.name, existing.parent.name
+        raise DuplicateInstanceError(
+            StoredInstance(study, series, identity.sop_uid, identity.sop_class_uid, existing,
+                           False, source_image), same_place=False)
+
+    def _existing(self, sop_uid: str, target: Path) -> Path | None:
+        """Where this SOP Instance UID is stored now, if anywhere (the target first)."""
+        if target.is_file():
+            return target
+        with self._index_lock:
+            if self._index is None:
+                self._index = self._scan()
+            known = self._index.get(sop_uid)
+        return known if known is not None and known.is_file() else None
+
+    def _remember(self, sop_uid: str, path: Path) -> None:
+        with self._index_lock:
+            if self._index is None:
+                self._index = self._scan()
+            self._index[sop_uid] = path
+
+    def _scan(self) -> dict[str, Path]:
+        """SOP Instance UID → file, for everything already in the spool (once per process)."""
+        index: dict[str, Path] = {}
+        for study in self.iter_studies():
+            for series in (self.root / study).iterdir():
+                if series.is_dir() and is_valid_uid(series.name):
+                    for item in series.glob("*.dcm"):
+                        index.setdefault(item.stem, item)
+        return index
+
+    def quarantine(self, data: bytes, reason: str, *,
+                   max_bytes: int = DEFAULT_QUARANTINE_MAX_BYTES) -> Path | None:
+        """Keep bytes we refused, with the reason beside them, for a human to inspect.
+
+        The quarantine holds at most ``max_bytes``: the oldest entries are dropped first, so
+        a hostile or broken sender cannot fill the disk the spool needs. Returns None when
+        the entry alone is larger than the limit (only its reason is kept, truncated data is
+        useless).
+        """
         digest = hashlib.sha256(data).hexdigest()[:16]
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        target = self.root / QUARANTINE_DIR / f"{stamp}-{digest}.dcm"
-        write_durably(target, data)
-        write_durably(target.with_suffix(".reason.txt"), (reason + "\n").encode())
-        return target
+        now_ns = time.time_ns()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns // 10**9))
+        folder = self.root / QUARANTINE_DIR
+        target = folder / f"{stamp}-{now_ns % 10**9:09d}-{digest}.dcm"
+        note = (reason + "\n").encode()
+        with self._quarantine_lock:
+            kept = len(data) + len(note) <= max_bytes
+            if kept:
+                write_durably(target, data)
+            write_durably(target.with_suffix(".reason.txt"),
+                          note if kept else (reason + f" (not kept: {len(data)} bytes is over "
+                                                       f"the {max_bytes}-byte quarantine)\n"
+                                             ).encode())
+            _prune(folder, max_bytes, keep=target)
+        return target if kept else None
+
+def _prune(folder: Path, max_bytes: int, keep: Path) -> None:
+    """Drop the oldest quarantine entries (data and reason) until the folder fits."""
+    entries: dict[str, list[os.DirEntry[str]]] = {}
+    with os.scandir(folder) as scan:
+        for item in scan:
+            if item.is_file() and not item.name.startswith("."):
+                entries.setdefault(item.name.split(".", 1)[0], []).append(item)
+    sizes = {key: sum(e.stat().st_size for e in files) for key, files in entries.items()}
+    total = sum(sizes.values())
+    newest = keep.name.split(".", 1)[0]
+    for key in sorted(entries):  # names start with a UTC time stamp: oldest first
+        if total <= max_bytes:
+            break
+        if key == newest:
+            continue
+        for item in entries[key]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(item.path)
+        total -= sizes[key]
 
 
 def _checked(uid: str, what: str) -> str:
     """``uid`` if it is safe as a path component, else :class:`InvalidInstanceError`."""
-    if not is_valid_uid(uid):
-        raise InvalidInstanceError(f"invalid {what}: {uid!r:.80}")
-    return uid
+    try:
+        return checked_uid(uid, what)
+    except InvalidUidError as exc:
+        raise InvalidInstanceError(str(exc)) from None

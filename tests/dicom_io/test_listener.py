@@ -13,7 +13,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.uid import UltrasoundImageStorage
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
@@ -135,10 +135,10 @@ def test_disallowed_caller_is_rejected(scp: StorageSCP) -> None:
 
 
 def test_unsupported_sop_class_not_negotiated(scp: StorageSCP) -> None:
-    assoc = _associate(scp.port, contexts=(SecondaryCaptureImageStorage,))
+    assoc = _associate(scp.port, contexts=(UltrasoundImageStorage,))
     assert assoc.is_established
     accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-    assert str(SecondaryCaptureImageStorage) not in accepted
+    assert str(UltrasoundImageStorage) not in accepted
     assoc.release()
 
 
@@ -203,10 +203,10 @@ def test_dcmtk_storescu_series_and_bad_file(
 def test_dcmtk_storescu_unsupported_class_fails(
     scp: StorageSCP, recorder: Recorder, make_series: Any, write_series: Any, tmp_path: Path
 ) -> None:
-    sc: Dataset = make_series(1, sop_class=SecondaryCaptureImageStorage, modality="OT")[0]
-    result = _storescu(scp.port, write_series([sc], tmp_path / "sc"))
+    us: Dataset = make_series(1, sop_class=UltrasoundImageStorage, modality="US")[0]
+    result = _storescu(scp.port, write_series([us], tmp_path / "us"))
     # With --no-halt storescu exits 0 but reports the refused context for the file.
-    assert "no presentation context for: (sc)" in (result.stdout + result.stderr).lower()
+    assert "no presentation context for: (us)" in (result.stdout + result.stderr).lower()
     assert recorder.stored == []
     assert list(scp.spool.iter_studies()) == []
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundImageStorage
 
 from dicom_io.listener import ListenerSettings, StorageSCP
 from dicom_io.sender import Peer, SendError, send_files
@@ -55,8 +55,8 @@ def test_refused_instances_are_reported_not_raised(
     make_series: Any, write_series: Any, tmp_path: Path
 ) -> None:
     mr = write_series(make_series(2), tmp_path / "mr")
-    sc = write_series(make_series(1, sop_class=SecondaryCaptureImageStorage, modality="OT"),
-                      tmp_path / "sc")
+    sc = write_series(make_series(1, sop_class=UltrasoundImageStorage, modality="US"),
+                      tmp_path / "us")
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"nope")
     settings = ListenerSettings("HEPATICA", "127.0.0.1", 0)

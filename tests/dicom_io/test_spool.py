@@ -12,7 +12,13 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_io import spool as spool_module
-from dicom_io.spool import InvalidInstanceError, Spool, encode_part10, is_valid_uid
+from dicom_io.spool import (
+    DuplicateInstanceError,
+    InvalidInstanceError,
+    Spool,
+    encode_part10,
+    is_valid_uid,
+)
 
 
 def _one(make_series: Callable[..., list[Dataset]]) -> Dataset:
@@ -39,14 +45,40 @@ def test_same_bytes_twice_is_not_new_and_not_rewritten(tmp_path: Path, make_seri
     assert second.path.stat().st_mtime_ns == mtime
 
 
-def test_different_bytes_same_sop_uid_replaces(tmp_path: Path, make_series: Any) -> None:
+def test_different_bytes_same_sop_uid_first_copy_wins(tmp_path: Path, make_series: Any) -> None:
     ds = _one(make_series)
     spool = Spool(tmp_path)
-    spool.store(ds)
-    ds.SeriesDescription = "corrected"
-    again = spool.store(ds)
-    assert again.new
-    assert pydicom.dcmread(again.path).SeriesDescription == "corrected"
+    first = spool.store(ds)
+    ds.SeriesDescription = "changed"
+    with pytest.raises(DuplicateInstanceError) as caught:
+        spool.store(ds)
+    assert caught.value.same_place and caught.value.existing.path == first.path
+    assert pydicom.dcmread(first.path).SeriesDescription != "changed"
+
+
+def test_same_sop_uid_in_another_study_is_a_conflict_even_after_restart(
+    tmp_path: Path, make_series: Any
+) -> None:
+    ds = _one(make_series)
+    first = Spool(tmp_path).store(ds)
+    other_study = _one(make_series)
+    other_study.SOPInstanceUID = ds.SOPInstanceUID
+    with pytest.raises(DuplicateInstanceError) as caught:
+        Spool(tmp_path).store(other_study)  # a new Spool: the index is rebuilt from disk
+    assert not caught.value.same_place and caught.value.existing.path == first.path
+    assert not (tmp_path / other_study.StudyInstanceUID).exists()
+
+
+def test_quarantine_is_bounded_oldest_dropped(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    paths = [spool.quarantine(bytes([n]) * 400, f"reason {n}", max_bytes=1000)
+             for n in range(5)]
+    folder = tmp_path / "_quarantine"
+    kept = sorted(p.name for p in folder.glob("*.dcm"))
+    assert kept == sorted(p.name for p in paths[-2:] if p is not None)
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 1000
+    assert spool.quarantine(b"x" * 5000, "too big", max_bytes=1000) is None
+    assert any("not kept" in p.read_text() for p in folder.glob("*.reason.txt"))
 
 
 def test_store_does_not_modify_callers_dataset(tmp_path: Path, make_series: Any) -> None:
