@@ -23,11 +23,32 @@ def robust_scale(array: npt.NDArray[np.floating], low_pct: float = 1.0,
     per-site calibration.
     """
     values = np.asarray(array, dtype=np.float32)
-    lo, hi = (float(v) for v in np.percentile(values, [low_pct, high_pct]))
+    lo, hi = (float(v) for v in np.percentile(_without_padding(values), [low_pct, high_pct]))
     span = hi - lo if hi > lo else 1.0
     scaled = (values - np.float32(lo)) / np.float32(span)
     out: FloatArray = np.clip(scaled, -0.5, 1.5).astype(np.float32)
     return out
+
+
+PADDING_SHARE = 0.01
+"""A minimum value filling at least this share of the volume is padding, not anatomy."""
+
+
+def _without_padding(values: FloatArray) -> FloatArray:
+    """The voxels that are not pixel padding.
+
+    Real CTs fill the corners outside the reconstruction circle with one value far below air
+    (e.g. −3024 HU for PixelPaddingValue −2000); as a fifth of the voxels it would be the 1st
+    percentile and squeeze every tissue into a sliver of [0, 1]. Such a plateau at the minimum
+    is left out of the percentiles (it then clips to −0.5). Noisy images never have one.
+    """
+    flat = values.ravel()
+    low = flat.min()
+    padding = flat == low
+    if padding.mean() < PADDING_SHARE or padding.all():
+        return values
+    rest: FloatArray = flat[~padding]
+    return rest
 
 
 def zoom_factors(spacing_xyz: Sequence[float], target_xyz: Sequence[float]) -> tuple[float, ...]:

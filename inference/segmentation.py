@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_ORGAN_MARGIN_MM",
     "SUPPORTED_NORMALISATIONS",
     "SegmentationResult",
+    "pad_thin_volume",
     "postprocess",
     "segment",
     "softmax",
@@ -72,9 +73,10 @@ def segment(bundle: Bundle, session: Session,
         with _timed(timings, "prepare"):
             x = prepare_channels(volumes, spacing_xyz, bundle.spacing_mm)
         with _timed(timings, "predict"):
+            x, depth = pad_thin_volume(x, bundle.patch_size[0])
             probabilities = sliding_window_predict(
                 x, _predictor(session, bundle.output_activation), bundle.patch_size,
-                overlap=overlap, batch_size=batch_size, progress=progress)
+                overlap=overlap, batch_size=batch_size, progress=progress)[:, depth]
         with _timed(timings, "resample"):
             probabilities = resample_to_shape(probabilities, volumes[0].shape, order=1)
         with _timed(timings, "postprocess"):
@@ -84,6 +86,23 @@ def segment(bundle: Bundle, session: Session,
                                  bundle.threshold("organ_margin_mm", DEFAULT_ORGAN_MARGIN_MM))
     return SegmentationResult(labels, probabilities[tumour_index], probabilities[liver_index],
                               timings, tuple(session.providers))
+
+
+def pad_thin_volume(x: FloatArray, patch_depth: int) -> tuple[FloatArray, slice]:
+    """Repeat the end slices of an input thinner than the patch; returns it and the slice
+    of the padded z axis that holds the real input.
+
+    A study of a few slices (a partial scan, a test set of three slices) would otherwise be
+    padded with air above and below, which no abdomen looks like; anatomy continues beyond
+    the covered slab much as it is at its edges.
+    """
+    depth = x.shape[1]
+    if depth >= patch_depth:
+        return x, slice(0, depth)
+    before = (patch_depth - depth) // 2
+    after = patch_depth - depth - before
+    padded = np.pad(x, [(0, 0), (before, after), (0, 0), (0, 0)], mode="edge")
+    return padded, slice(before, before + depth)
 
 
 @contextmanager

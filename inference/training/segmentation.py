@@ -20,17 +20,29 @@ from monai.losses.dice import DiceCELoss
 from monai.networks.nets.unet import UNet
 
 from inference.preprocess import prepare_channels, resample
+from inference.training import domain_randomisation as dr
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainingCase:
-    """One labelled study: phase arrays ``[z, y, x]`` in bundle order, labels 0/1/2."""
+    """One labelled study: phase arrays ``[z, y, x]`` in bundle order, labels 0/1/2.
+
+    Labels may be partial (a reader drew only the liver, or only the tumours): 3 means
+    "background or liver", 4 "liver or tumour" (``domain_randomisation.NOT_TUMOUR``/``ORGAN``).
+    A synthetic case may instead give ``tissues`` (a tissue-code map, see
+    ``domain_randomisation.TISSUES``) and ``tables``: choices of one intensity vector per
+    channel (e.g. one choice per contrast phase); each training patch is then drawn from the
+    tissue map with one random choice, and ``channels`` may be empty.
+    """
 
     channels: Sequence[npt.NDArray[np.float32]]
     labels: npt.NDArray[np.uint8]
     spacing_xyz: tuple[float, float, float]
+    tissues: npt.NDArray[np.uint8] | None = None
+    tables: tuple[tuple[npt.NDArray[np.float32], ...], ...] = ()
+    modality: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,11 @@ class SegmentationTrainingConfig:
     seed: int = 0
     threads: int = 2
     classes: tuple[str, ...] = field(default=("background", "liver", "tumour"))
+    randomisation: dr.RandomisationConfig | None = None
+    """None: the original recipe (patch crops, per-channel contrast jitter, Dice + CE).
+    Set: domain-randomised patches and the partial-label loss (``PartialLabelLoss``)."""
+    in_channels: int = 0  # 0: as many as the cases give (tissue cases: len of a table choice)
+    patch_pools: tuple[float, float, float] = (0.4, 0.35, 0.25)  # tumour, liver, body centres
 
 
 def build_network(in_channels: int, config: SegmentationTrainingConfig) -> UNet:
@@ -64,15 +81,44 @@ class _Prepared:
     labels: npt.NDArray[np.int64]  # [z, y, x]
     tumour_voxels: npt.NDArray[np.int64]
     body_voxels: npt.NDArray[np.int64]
+    liver_voxels: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros((0, 3), np.int64))
+    tissues: npt.NDArray[np.uint8] | None = None
+    tables: tuple[tuple[npt.NDArray[np.float32], ...], ...] = ()
+    modality: str = ""
+    counts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _prepare(case: TrainingCase, config: SegmentationTrainingConfig) -> _Prepared:
+    if config.randomisation is not None:
+        return _prepare_randomised(case, config)
     image = prepare_channels(case.channels, case.spacing_xyz, config.spacing_xyz)
     labels = resample(case.labels.astype(np.float32), case.spacing_xyz, config.spacing_xyz, order=0)
     labels_i = np.rint(labels).astype(np.int64)
     image, labels_i = _pad_to_patch(image, labels_i, config.patch_zyx)
     return _Prepared(image, labels_i, np.argwhere(labels_i == 2),
                      np.argwhere(image[0] > 0.1)[::50])
+
+
+def _prepare_randomised(case: TrainingCase, config: SegmentationTrainingConfig) -> _Prepared:
+    """Resample to the training grid; keep the tissue map (synthetic) or the normalised
+    channels (real) and the voxel pools that patch centres are drawn from."""
+    labels = np.rint(resample(case.labels.astype(np.float32), case.spacing_xyz,
+                              config.spacing_xyz, order=0)).astype(np.int64)
+    image = np.zeros((0, *labels.shape), np.float32)
+    tissues = counts = None
+    if case.tissues is not None:
+        tissues = np.rint(resample(case.tissues.astype(np.float32), case.spacing_xyz,
+                                   config.spacing_xyz, order=0)).astype(np.uint8)
+        counts = np.bincount(tissues.ravel(), minlength=len(dr.TISSUES)).astype(np.int64)
+        body = tissues != dr.tissue_code("air")
+    else:
+        image = prepare_channels(case.channels, case.spacing_xyz, config.spacing_xyz)
+        body = image[0] > 0.1
+    organ = (labels == 1) | (labels == dr.ORGAN)
+    return _Prepared(image, labels, np.argwhere(labels == 2)[::5], np.argwhere(body)[::50],
+                     np.argwhere(organ)[::20], tissues, case.tables, case.modality,
+                     counts if counts is not None else np.zeros(0, np.int64))
 
 
 def _pad_to_patch(image: npt.NDArray[np.float32], labels: npt.NDArray[np.int64],
@@ -105,23 +151,31 @@ def _augment(image: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.ND
 
 
 def train_segmentation(cases: Iterable[TrainingCase], config: SegmentationTrainingConfig,
-                       progress: Callable[[int, int, float], None] | None = None
-                       ) -> tuple[UNet, dict[str, float]]:
-    """Fit the network on random patches; returns the model and a training summary."""
+                       progress: Callable[[int, int, float], None] | None = None,
+                       initial: UNet | None = None) -> tuple[UNet, dict[str, float]]:
+    """Fit the network on random patches; returns the model and a training summary.
+
+    ``initial`` fine-tunes a network (e.g. a shipped bundle's, ``warm_start``) instead of
+    starting from random weights.
+    """
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
     prepared = [_prepare(c, config) for c in cases]
     if not prepared:
         raise ValueError("no training cases given")
-    model = build_network(prepared[0].image.shape[0], config)
+    model = initial if initial is not None else build_network(_in_channels(prepared, config),
+                                                               config)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    randomised = config.randomisation is not None
+    loss_fn: torch.nn.Module = PartialLabelLoss() if randomised else DiceCELoss(
+        to_onehot_y=True, softmax=True)
     started, recent = time.perf_counter(), list[float]()
     model.train()
     for step in range(1, config.steps + 1):
-        x, y = _batch(prepared, config, rng)
+        x, y = _randomised_batch(prepared, config, rng) if randomised else _batch(
+            prepared, config, rng)
         optimiser.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
@@ -136,6 +190,13 @@ def train_segmentation(cases: Iterable[TrainingCase], config: SegmentationTraini
     return model, summary
 
 
+def _in_channels(prepared: Sequence[_Prepared], config: SegmentationTrainingConfig) -> int:
+    if config.in_channels:
+        return config.in_channels
+    first = prepared[0]
+    return len(first.tables[0]) if first.tissues is not None else int(first.image.shape[0])
+
+
 def _batch(prepared: list[_Prepared], config: SegmentationTrainingConfig,
            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
@@ -145,3 +206,67 @@ def _batch(prepared: list[_Prepared], config: SegmentationTrainingConfig,
         xs.append(_augment(x, rng))
         ys.append(y[None])
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def _randomised_batch(prepared: list[_Prepared], config: SegmentationTrainingConfig,
+                      rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches drawn through ``domain_randomisation``: synthetic cases re-drawn from their
+    tissue map with one random phase choice, real cases deformed and intensity-jittered."""
+    assert config.randomisation is not None
+    settings = config.randomisation
+    xs, ys = [], []
+    for _ in range(config.batch_size):
+        case = prepared[rng.integers(len(prepared))]
+        pools = (case.tumour_voxels, case.liver_voxels, case.body_voxels)
+        if case.tissues is not None:
+            codes, coords = dr.sample_tissue_patch(case.tissues, pools, config.patch_pools,
+                                                   config.patch_zyx, config.spacing_xyz,
+                                                   settings, rng)
+            choice = case.tables[rng.integers(len(case.tables))]
+            x = np.stack([dr.synthesise(
+                codes, coords, None if rng.random() < settings.random_intensity_probability
+                else table, case.modality, case.counts, case.tissues.shape,
+                config.spacing_xyz, settings, rng) for table in choice])
+            y = dr.LABEL_OF_TISSUE[codes]
+        else:
+            x, y = dr.sample_image_patch(case.image, case.labels, pools, config.patch_pools,
+                                         config.patch_zyx, config.spacing_xyz, settings, rng)
+        if rng.random() < settings.thin_slab_probability:
+            x, y = dr.thin_slab(x, y, rng)
+        xs.append(x)
+        ys.append(y[None])
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+class PartialLabelLoss(torch.nn.Module):
+    """Cross-entropy and soft Dice that accept partial labels.
+
+    Codes 0/1/2 are exact; 3 (background or liver) and 4 (liver or tumour) are sets: their
+    cross-entropy is −log of the summed probability of the set, and each Dice term (organ =
+    liver ∪ tumour, liver, tumour) counts only the voxels where its own answer is known. So a
+    reader's liver-only or tumour-only outline teaches what it says and nothing more.
+    """
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        y = target[:, 0].long()
+        log_p = torch.log_softmax(logits, dim=1)
+        allowed = torch.stack([(y == 0) | (y == dr.NOT_TUMOUR),
+                               (y == 1) | (y == dr.NOT_TUMOUR) | (y == dr.ORGAN),
+                               (y == 2) | (y == dr.ORGAN)], dim=1)
+        ce = -torch.logsumexp(log_p.masked_fill(~allowed, -1e4), dim=1).mean()
+        p = log_p.exp()
+        organ_known = y != dr.NOT_TUMOUR
+        tumour_known = y != dr.ORGAN
+        liver_known = y <= 2
+        dice = (_soft_dice(p[:, 1] + p[:, 2], (y == 1) | (y == 2) | (y == dr.ORGAN),
+                           organ_known)
+                + _soft_dice(p[:, 1], y == 1, liver_known)
+                + _soft_dice(p[:, 2], y == 2, tumour_known)) / 3
+        return ce + dice
+
+
+def _soft_dice(p: torch.Tensor, truth: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    weight = known.float()
+    t = truth.float() * weight
+    q = p * weight
+    return 1 - (2 * (q * t).sum() + 1.0) / (q.sum() + t.sum() + 1.0)
