@@ -61,6 +61,9 @@ class DestinationConfig:
     retries: int = 3
     backoff_seconds: float = 2.0
     enabled: bool = True
+    redeliver_seconds: float = 60.0
+    redeliver_max_seconds: float = 900.0
+    delivery_attempts: int = 48
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,13 @@ _HELP: dict[str, str] = {
     "destination.retries": "Extra send attempts after a failed association (0 = try once).",
     "destination.backoff_seconds": "Wait before the first retry; doubled on each retry.",
     "destination.enabled": "false keeps results on disk only (results_dir) and sends nothing.",
+    "destination.redeliver_seconds": (
+        "Results not delivered are kept and sent again after this long; doubled each time."
+    ),
+    "destination.redeliver_max_seconds": "The longest wait between two deliveries.",
+    "destination.delivery_attempts": (
+        "Deliveries before results are left 'unsent' for `hepatica resend`; 0 = never stop."
+    ),
     "pipeline.stable_seconds": "A study is complete when no new instance came for this long.",
     "pipeline.workers": "Number of jobs run in parallel.",
     "pipeline.max_attempts": "Attempts per job before it is marked dead.",
@@ -560,6 +570,9 @@ _CHECKS: dict[str, Callable[[object], str | None]] = {
     "destination.port": _PORT,
     "destination.retries": _int_range(0, None, "an integer of at least 0"),
     "destination.backoff_seconds": _non_negative,
+    "destination.redeliver_seconds": _positive,
+    "destination.redeliver_max_seconds": _positive,
+    "destination.delivery_attempts": _int_range(0, None, "an integer of at least 0"),
     "pipeline.stable_seconds": _positive,
     "pipeline.workers": _int_range(1, None, "an integer of at least 1"),
     "pipeline.max_attempts": _int_range(1, None, "an integer of at least 1"),

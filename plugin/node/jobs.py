@@ -6,9 +6,16 @@ lets readers (``hepatica jobs``, the status page) run while a worker writes; eve
 ``BEGIN IMMEDIATE`` transaction, which takes the write lock up front, so two workers can never
 both see the same queued job as free (a deferred transaction could read, then fail to upgrade).
 
-States follow ARCHITECTURE.md: ``received → queued → running → sending → done | failed | dead``.
-A study that receives new instances after (or while) it was processed is processed again: the
-listener reports every stored instance through :meth:`JobQueue.record_instance`.
+States: ``received → queued → running → sending → done | failed | dead``, and, when the
+destination does not take the results, ``sending → send_queued → sending …`` (the results are
+kept on disk and delivered again later, never recomputed) until a cap of delivery attempts
+leaves them ``unsent`` for ``hepatica resend``. A study that receives new instances after (or
+while) it was processed is processed again: the listener reports every stored instance through
+:meth:`JobQueue.record_instance`.
+
+Only instances that arrive while the node runs count towards the quiet period: at start-up
+:meth:`JobQueue.restart_clocks` restarts the stability clock of every study still receiving,
+so a node that crashed mid-receive waits for the sender to resend the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +34,8 @@ from pathlib import Path
 from rich.console import JustifyMethod
 from rich.markup import escape
 from rich.table import Table
+
+from dicom_io.uids import checked_uid
 
 __all__ = ["SCHEMA_VERSION", "Job", "JobQueue", "JobState", "JobStateError", "format_jobs_table"]
 
@@ -39,10 +48,16 @@ class JobState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     DEAD = "dead"
+    SEND_QUEUED = "send_queued"
+    UNSENT = "unsent"
 
 
 _ACTIVE = (JobState.RUNNING, JobState.SENDING)
-_FINISHED = (JobState.DONE, JobState.FAILED, JobState.DEAD)
+# States a new instance or a queue request re-opens (the study is processed again; results
+# still waiting for delivery are stale then, and are dropped with the old run).
+_FINISHED = (JobState.DONE, JobState.FAILED, JobState.DEAD, JobState.SEND_QUEUED,
+             JobState.UNSENT)
+_RESENDABLE = (JobState.DONE, JobState.SEND_QUEUED, JobState.UNSENT)
 # What mark() may do: a worker reports progress on a job it holds. Queueing goes through
 # enqueue/fail/recover and taking a job through claim, so their rules live in one place each.
 _MARK_FROM: dict[JobState, tuple[JobState, ...]] = {
@@ -74,6 +89,15 @@ class Job:
     last_instance_at: float
     instances: int
     result_dir: str | None
+    send_attempts: int = 0
+    next_send_at: float | None = None
+    results: tuple[str, ...] = ()
+    sent: tuple[str, ...] = ()
+
+    @property
+    def unsent_results(self) -> tuple[str, ...]:
+        """Result files (names in ``result_dir``) the destination has not acknowledged."""
+        return tuple(name for name in self.results if name not in set(self.sent))
 
     @property
     def total_seconds(self) -> float:
@@ -81,7 +105,7 @@ class Job:
         return self.timings.get("total", sum(self.timings.values()))
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Migration n takes the schema from version n-1 to n; append, never edit a released one.
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -105,10 +129,56 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_by_state ON jobs (pipeline_version, state, queued_at, id);
     """,
+    # 2: delivery is its own retried state (results kept, never recomputed); the studies
+    # expected as priors are remembered across restarts. SQLite cannot change a CHECK
+    # constraint in place, hence the copy.
+    """
+    CREATE TABLE jobs_v2 (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        study_uid        TEXT    NOT NULL,
+        pipeline_version TEXT    NOT NULL,
+        state            TEXT    NOT NULL CHECK (state IN
+                         ('received','queued','running','sending','done','failed','dead',
+                          'send_queued','unsent')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        error            TEXT,
+        timings          TEXT    NOT NULL DEFAULT '{}',
+        created_at       REAL    NOT NULL,
+        updated_at       REAL    NOT NULL,
+        last_instance_at REAL    NOT NULL,
+        instances        INTEGER NOT NULL DEFAULT 0,
+        result_dir       TEXT,
+        queued_at        REAL,
+        rerun_state      TEXT CHECK (rerun_state IN ('received','queued')),
+        send_attempts    INTEGER NOT NULL DEFAULT 0,
+        next_send_at     REAL,
+        results          TEXT    NOT NULL DEFAULT '[]',
+        sent             TEXT    NOT NULL DEFAULT '[]',
+        UNIQUE (study_uid, pipeline_version)
+    );
+    INSERT INTO jobs_v2 (id, study_uid, pipeline_version, state, attempts, error, timings,
+        created_at, updated_at, last_instance_at, instances, result_dir, queued_at, rerun_state)
+    SELECT id, study_uid, pipeline_version, state, attempts, error, timings, created_at,
+        updated_at, last_instance_at, instances, result_dir, queued_at, rerun_state FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v2 RENAME TO jobs;
+    CREATE INDEX jobs_by_state ON jobs (pipeline_version, state, queued_at, id);
+    CREATE INDEX jobs_by_delivery ON jobs (pipeline_version, state, next_send_at, id);
+    CREATE TABLE expected_priors (
+        study_uid  TEXT PRIMARY KEY,
+        created_at REAL NOT NULL
+    );
+    """,
 )
 _COLUMNS = (
     "id, study_uid, pipeline_version, state, attempts, error, timings, created_at,"
-    " updated_at, last_instance_at, instances, result_dir"
+    " updated_at, last_instance_at, instances, result_dir, send_attempts, next_send_at,"
+    " results, sent"
+)
+# Columns a re-opened job starts again from (its old results are stale).
+_RESET_RUN = (
+    "attempts = 0, error = NULL, timings = '{}', send_attempts = 0, next_send_at = NULL,"
+    " results = '[]', sent = '[]'"
 )
 _BUSY_TIMEOUT_S = 10.0
 
@@ -135,6 +205,7 @@ class JobQueue:
         self._clock = clock
         self._lock = threading.RLock()
         self._pid = os.getpid()
+        self._closed = False
         self._connection: sqlite3.Connection | None = self._connect()
 
     # ----------------------------------------------------------------- connection, schema
@@ -162,23 +233,38 @@ class JobQueue:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction holding SQLite's write lock from its first statement."""
+        """A write transaction holding SQLite's write lock from its first statement.
+
+        Any failure (a full disk makes SQLite raise "database or disk is full" in the middle of
+        a statement or at COMMIT) rolls back; a connection that cannot even roll back is
+        dropped and opened again on the next call, so the queue works again once space returns.
+        """
         with self._lock:
             connection = self._conn()
-            connection.execute("BEGIN IMMEDIATE")
             try:
+                connection.execute("BEGIN IMMEDIATE")
                 yield connection
+                connection.execute("COMMIT")
             except BaseException:
-                if connection.in_transaction:  # SQLite may already have rolled back
-                    connection.execute("ROLLBACK")
+                self._abandon(connection)
                 raise
-            connection.execute("COMMIT")
+
+    def _abandon(self, connection: sqlite3.Connection) -> None:
+        try:
+            if connection.in_transaction:  # SQLite may already have rolled back
+                connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            with suppress(sqlite3.Error):
+                connection.close()
+            self._connection = None
 
     def _conn(self) -> sqlite3.Connection:
-        if self._connection is None:
+        if self._closed:
             raise RuntimeError(f"job queue {self.database} is closed")
         if self._pid != os.getpid():  # inherited through fork: never touch the parent's handle
             self._pid = os.getpid()
+            self._connection = None
+        if self._connection is None:
             self._connection = self._connect()
         return self._connection
 
@@ -188,6 +274,7 @@ class JobQueue:
             if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
             self._connection = None
+            self._closed = True
 
     # ----------------------------------------------------------------- producers
     def record_instance(self, study_uid: str, new: bool) -> Job:
@@ -197,6 +284,7 @@ class JobQueue:
         second run). A new instance restarts the stability clock, sends a queued job back to
         waiting, re-opens a finished job, and asks a running job to run again when it finishes.
         """
+        checked_uid(study_uid, "StudyInstanceUID")
         now = self._clock()
         with self._write() as db:
             row = self._row_for(db, study_uid)
@@ -213,7 +301,7 @@ class JobQueue:
         if state in _ACTIVE:
             sets += ", rerun_state = 'received'"
         elif state in _FINISHED:
-            sets += ", state = 'received', attempts = 0, error = NULL, timings = '{}'"
+            sets += f", state = 'received', {_RESET_RUN}"
         elif state is JobState.QUEUED:
             sets += ", state = 'received', queued_at = NULL"
         return self._update(db, row["id"], sets, now, now)
@@ -224,6 +312,7 @@ class JobQueue:
         A finished job is queued again with its attempts reset. A running job is left alone but
         flagged, so it is queued again as soon as the current run ends.
         """
+        checked_uid(study_uid, "StudyInstanceUID")
         now = self._clock()
         with self._write() as db:
             row = self._row_for(db, study_uid)
@@ -236,7 +325,7 @@ class JobQueue:
                 return _to_job(row)
             sets = "state = 'queued', queued_at = ?, updated_at = ?"
             if state in _FINISHED:
-                sets += ", attempts = 0, error = NULL, timings = '{}'"
+                sets += f", {_RESET_RUN}"
             return self._update(db, row["id"], sets, now, now)
 
     def promote_stable(self, stable_seconds: float) -> list[Job]:
@@ -250,6 +339,22 @@ class JobQueue:
                 (now, now, self.pipeline_version, now - stable_seconds),
             ).fetchall()
         return sorted((_to_job(row) for row in rows), key=lambda job: job.id)
+
+    def restart_clocks(self) -> int:
+        """At start-up: the quiet period of every study still receiving starts again now.
+
+        Time the node was down is not quiet time: a sender cut off by a crash has not finished
+        and will resend, and processing the half study at once would send partial results.
+        Returns how many studies were affected.
+        """
+        now = self._clock()
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE jobs SET last_instance_at = ? WHERE pipeline_version = ?"
+                " AND state = 'received' AND last_instance_at < ?",
+                (now, self.pipeline_version, now),
+            ).rowcount
+        return int(changed)
 
     # ----------------------------------------------------------------- workers
     def claim(self) -> Job | None:
@@ -313,12 +418,103 @@ class JobQueue:
             row = self._held_row(db, job_id, _ACTIVE, "fail")
             return self._leave_run(db, row, error, max_attempts, now)
 
-    def recover(self, max_attempts: int) -> list[Job]:
-        """At start-up, re-queue jobs a crashed process left RUNNING or SENDING.
+    # ----------------------------------------------------------------- delivery
+    def results_ready(self, job_id: int, result_dir: str, results: Sequence[str],
+                      timings: dict[str, float] | None = None) -> Job:
+        """The pipeline wrote (and synced) ``results`` in ``result_dir``: RUNNING → SENDING.
 
-        Call it only while no other worker process uses this database: a live worker's job
-        looks exactly like a crashed one. A crash counts as an attempt, so a study that kills
-        the process every time ends DEAD instead of crashing the node forever.
+        From here on the job is about delivery only: a failed delivery never runs the
+        pipeline again (:meth:`send_failed`), a crash while sending resumes the delivery
+        (:meth:`recover`). This first delivery counts as send attempt 1.
+        """
+        now = self._clock()
+        with self._write() as db:
+            row = self._held_row(db, job_id, (JobState.RUNNING,), "hold results of")
+            merged = json.loads(row["timings"]) | (timings or {})
+            return self._update(
+                db, job_id,
+                "state = 'sending', timings = ?, result_dir = ?, results = ?, sent = '[]',"
+                " send_attempts = 1, next_send_at = NULL, updated_at = ?",
+                json.dumps(merged), result_dir, json.dumps(list(results)), now)
+
+    def record_sent(self, job_id: int, names: Iterable[str]) -> Job:
+        """The destination acknowledged these result files: a later retry skips them."""
+        now = self._clock()
+        with self._write() as db:
+            row = self._held_row(db, job_id, (JobState.SENDING,), "record delivery of")
+            sent = list(dict.fromkeys([*json.loads(row["sent"]), *names]))
+            return self._update(db, job_id, "sent = ?, updated_at = ?", json.dumps(sent), now)
+
+    def send_failed(self, job_id: int, error: str, retry_in: float | None) -> Job:
+        """A delivery failed: SEND_QUEUED again in ``retry_in`` seconds, or UNSENT (None).
+
+        The retry policy (backoff, cap) is the caller's; the results stay where they are.
+        If the study changed meanwhile, it goes back to be processed instead.
+        """
+        now = self._clock()
+        with self._write() as db:
+            row = self._held_row(db, job_id, (JobState.SENDING,), "fail delivery of")
+            wanted = JobState.UNSENT if retry_in is None else JobState.SEND_QUEUED
+            target, attempts = _after_run(row, wanted)
+            reset = f", {_RESET_RUN}" if target is not wanted else ""
+            return self._update(
+                db, job_id,
+                "state = ?, attempts = ?, error = ?, next_send_at = ?, updated_at = ?,"
+                f" queued_at = ?, rerun_state = NULL{reset}",
+                target.value, attempts, error,
+                None if retry_in is None else now + max(0.0, retry_in), now,
+                now if target is JobState.QUEUED else row["queued_at"])
+
+    def claim_delivery(self) -> Job | None:
+        """Take the delivery due longest ago: SEND_QUEUED → SENDING, one more send attempt."""
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE pipeline_version = ? AND state = 'send_queued'"
+                " AND next_send_at <= ? ORDER BY next_send_at, id LIMIT 1",
+                (self.pipeline_version, now),
+            ).fetchone()
+            if row is None:
+                return None
+            return self._update(
+                db, row["id"],
+                "state = 'sending', send_attempts = send_attempts + 1, updated_at = ?", now)
+
+    def resend(self, job_id: int | None = None) -> list[Job]:
+        """Deliver results again now (``hepatica resend``); returns the jobs queued for it.
+
+        One job: any job whose results are kept (DONE sends all of them again, the archive may
+        have lost them; SEND_QUEUED/UNSENT send what was not acknowledged). No job: every
+        SEND_QUEUED or UNSENT job, of any pipeline version. Send attempts start again from 0.
+        """
+        now = self._clock()
+        with self._write() as db:
+            if job_id is None:
+                rows = db.execute(
+                    "SELECT * FROM jobs WHERE state IN ('send_queued','unsent') ORDER BY id"
+                ).fetchall()
+            else:
+                rows = [self._held_row(db, job_id, _RESENDABLE, "resend")]
+            jobs = []
+            for row in rows:
+                if not json.loads(row["results"]):
+                    raise JobStateError(f"job {row['id']} kept no results to send (it ran "
+                                        "before results were kept, or wrote none)")
+                sent = "'[]'" if row["state"] == JobState.DONE.value else "sent"
+                jobs.append(self._update(
+                    db, row["id"],
+                    f"state = 'send_queued', send_attempts = 0, next_send_at = ?, sent = {sent},"
+                    " updated_at = ?", now, now))
+            return jobs
+
+    def recover(self, max_attempts: int) -> list[Job]:
+        """At start-up, take back the jobs a crashed process left RUNNING or SENDING.
+
+        A RUNNING job is queued again; a crash counts as an attempt, so a study that kills
+        the process every time ends DEAD instead of crashing the node forever. A SENDING job
+        with kept results goes back to SEND_QUEUED, due now: its delivery resumes, nothing is
+        recomputed. Call it only while no other worker process uses this database: a live
+        worker's job looks exactly like a crashed one.
         """
         now = self._clock()
         with self._write() as db:
@@ -327,7 +523,37 @@ class JobQueue:
                 " ORDER BY id",
                 (self.pipeline_version,),
             ).fetchall()
-            return [self._leave_run(db, row, _interrupted(row), max_attempts, now) for row in rows]
+            return [self._resume_delivery(db, row, now)
+                    if row["state"] == JobState.SENDING.value and json.loads(row["results"])
+                    else self._leave_run(db, row, _interrupted(row), max_attempts, now)
+                    for row in rows]
+
+    def _resume_delivery(self, db: sqlite3.Connection, row: sqlite3.Row, now: float) -> Job:
+        target, attempts = _after_run(row, JobState.SEND_QUEUED)
+        reset = f", {_RESET_RUN}" if target is not JobState.SEND_QUEUED else ""
+        return self._update(
+            db, row["id"],
+            "state = ?, attempts = ?, error = ?, next_send_at = ?, updated_at = ?, queued_at = ?,"
+            f" rerun_state = NULL{reset}",
+            target.value, attempts, _interrupted(row), now, now,
+            now if target is JobState.QUEUED else row["queued_at"])
+
+    # ----------------------------------------------------------------- expected priors
+    def expect_prior(self, study_uid: str) -> None:
+        """Note a study about to arrive as a prior (C-MOVE to our own SCP): it makes no job.
+
+        Kept in the database, not in memory, so a restart between the request and the
+        arrival (or a second process) still files it as a prior.
+        """
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO expected_priors (study_uid, created_at)"
+                       " VALUES (?, ?)", (study_uid, self._clock()))
+
+    def is_expected_prior(self, study_uid: str) -> bool:
+        with self._lock:
+            row = self._conn().execute("SELECT 1 FROM expected_priors WHERE study_uid = ?",
+                                       (study_uid,)).fetchone()
+        return row is not None
 
     def _leave_run(
         self, db: sqlite3.Connection, row: sqlite3.Row, error: str, max_attempts: int, now: float
@@ -494,6 +720,10 @@ def _to_job(row: sqlite3.Row) -> Job:
         last_instance_at=row["last_instance_at"],
         instances=row["instances"],
         result_dir=row["result_dir"],
+        send_attempts=row["send_attempts"],
+        next_send_at=row["next_send_at"],
+        results=tuple(json.loads(row["results"])),
+        sent=tuple(json.loads(row["sent"])),
     )
 
 
@@ -506,6 +736,8 @@ _STATE_STYLES = {
     JobState.DONE: "green",
     JobState.FAILED: "red",
     JobState.DEAD: "bold red",
+    JobState.SEND_QUEUED: "magenta",
+    JobState.UNSENT: "bold magenta",
 }
 _UID_TAIL = 12
 _ERROR_WIDTH = 60
@@ -527,6 +759,8 @@ _TABLE_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
     ("study", "left"),
     ("state", "left"),
     ("attempts", "right"),
+    ("sent", "right"),
+    ("next send", "left"),
     ("updated", "left"),
     ("total s", "right"),
     ("error", "left"),
@@ -538,11 +772,15 @@ def _table_row(job: Job) -> tuple[str, ...]:
     study = uid if len(uid) <= _UID_TAIL else "…" + uid[-_UID_TAIL:]
     style = _STATE_STYLES[job.state]
     total = f"{job.total_seconds:.1f}" if job.timings else ""
+    sent = f"{len(job.sent)}/{len(job.results)} ({job.send_attempts}×)" if job.results else ""
+    due = job.next_send_at if job.state is JobState.SEND_QUEUED else None
     return (
         str(job.id),
         study,
         f"[{style}]{job.state.value}[/{style}]",
         str(job.attempts),
+        sent,
+        time.strftime("%H:%M:%S", time.localtime(due)) if due is not None else "",
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.updated_at)),
         total,
         _short_error(job.error),
