@@ -19,11 +19,11 @@ import numpy as np
 
 from inference.bundle import Bundle, load_bundle
 from inference.radiomics import reproducible_features
-from inference.response import MissingInputs, build_vector, predict
-from inference.runtime import create_session
+from inference.response import MissingInputs
 from plugin.research.radiomics_cohort import FeatureSpec, cohort_features, read_rows
+from plugin.research.scoring import bundle_cohort_features, score_rows
 
-__all__ = ["add_parsers", "score_rows", "train_nomogram", "train_radiomics"]
+__all__ = ["add_parsers", "train_nomogram", "train_radiomics"]
 
 Progress = Callable[[str, int, int], None]
 LABELS = ("pd", "orr", "dcb", "dcr")
@@ -197,19 +197,6 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def score_rows(bundle: Bundle, rows: Sequence[Mapping[str, str]],
-               features: Mapping[str, Mapping[str, float]],
-               scores: Mapping[str, Mapping[str, float]] | None = None) -> np.ndarray:
-    """P(positive) of each row through the served path (ONNX Runtime, as a node runs it)."""
-    session = create_session(bundle.model_file, providers=["CPUExecutionProvider"])
-    out = []
-    for row in rows:
-        pid = row["patient_id"]
-        vector = build_vector(bundle, features.get(pid, {}), row, (scores or {}).get(pid, {}))
-        out.append(predict(bundle, session, vector).probability)
-    return np.array(out)
-
-
 def _logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(p, 1e-7, 1 - 1e-7)
     return np.asarray(np.log(q / (1 - q)), dtype=np.float64)
@@ -222,7 +209,8 @@ def train_nomogram(args: argparse.Namespace, progress: Progress) -> dict[str, An
 
     rows = read_rows(args.cohort)
     score_bundles = [load_bundle(d) for d in args.score_bundle]
-    features = _bundle_features(args, score_bundles, progress)
+    features = bundle_cohort_features(args.cohort, score_bundles, args.workers,
+                                      getattr(args, "phantom_seed", 0), progress)
     scores: dict[str, dict[str, float]] = {r["patient_id"]: {} for r in rows}
     for bundle in score_bundles:
         oof = _read_oof(args.cohort / f"oof_scores_{bundle.name}.csv")
@@ -248,17 +236,6 @@ def train_nomogram(args: argparse.Namespace, progress: Progress) -> dict[str, An
                                   coefficients, _parity(pipeline, args.out / "model.onnx", x),
                                   len(train))
     return _finish(args, document, features, test, scores)
-
-
-def _bundle_features(args: argparse.Namespace, bundles: Sequence[Bundle],
-                     progress: Progress) -> dict[str, dict[str, float]]:
-    merged: dict[str, dict[str, float]] = {}
-    for bundle in bundles:
-        spec = FeatureSpec.for_bundle(bundle, getattr(args, "phantom_seed", 0))
-        features, _ = cohort_features(args.cohort, spec, 0, args.workers, progress)
-        for pid, values in features.items():
-            merged.setdefault(pid, {}).update(values)
-    return merged
 
 
 def _row_values(row: Mapping[str, str], columns: Sequence[str],

@@ -24,17 +24,19 @@ from pathlib import Path
 from inference.bundle import Bundle, BundleError, discover_bundles, load_bundle
 from inference.evaluation import EvaluationError
 from inference.response import (
-    ClinicalValue,
     MissingInputs,
     ResponsePrediction,
-    build_vector,
     clinical_variables,
-    predict,
     score_names,
 )
-from inference.runtime import Session, create_session
 from plugin.pipeline.models import installed_bundles
-from plugin.research.radiomics_cohort import FeatureSpec, cohort_features
+from plugin.research.scoring import (
+    ALL,
+    Scorer,
+    bundle_cohort_features,
+    image_features,
+    phase_of,
+)
 
 __all__ = ["ALL_IMAGES", "ROBUSTNESS_METHOD", "RunResult", "resolve_bundles", "run_bundles"]
 
@@ -53,7 +55,6 @@ ROBUSTNESS_METHOD = (
     "bundle then gives every patient the same score (AUC 0.5) and a nomogram keeps only its "
     "clinical predictors."
 )
-ALL = "*"  # in a set of dropped phases: every image input
 
 
 @dataclass(frozen=True)
@@ -128,16 +129,6 @@ def _with_dependencies(bundles: Iterable[Bundle], library: Mapping[str, Bundle])
     return list(seen.values())
 
 
-def image_features(bundle: Bundle) -> tuple[str, ...]:
-    """Radiomics inputs: every feature that is neither clinical: nor score:."""
-    return tuple(f for f in bundle.inputs.features if ":" not in f)
-
-
-def phase_of(feature: str, phases: Sequence[str]) -> str | None:
-    """``AP`` for ``AP_tumour_original_...``; None when the name starts with no phase."""
-    return next((p for p in phases if feature.startswith(f"{p}_")), None)
-
-
 # ------------------------------------------------------------------ inputs
 
 
@@ -198,18 +189,11 @@ def extract_features(cohort_csv: Path, rows: Sequence[Mapping[str, str]],
             f"{cohort_csv}: images can only be rendered for a phantom cohort folder (written by "
             "`hepatica cohort`); reading a site's DICOM studies for --run is not implemented "
             "yet, so extract the features and pass them with --features CSV")
-    merged: dict[str, dict[str, float]] = {}
-    for bundle in bundles:
-        if not image_features(bundle):
-            continue
-        spec = FeatureSpec.for_bundle(bundle, phantom_seed)
-        try:
-            features, _ = cohort_features(cohort_csv.parent, spec, 0, workers, progress)
-        except (KeyError, ValueError) as exc:
-            raise EvaluationError(f"radiomics for {bundle.name}: {exc}") from exc
-        for pid, values in features.items():
-            merged.setdefault(pid, {}).update(values)
-    return merged
+    try:
+        return bundle_cohort_features(cohort_csv.parent, bundles, workers, phantom_seed,
+                                      progress)
+    except (KeyError, ValueError) as exc:
+        raise EvaluationError(f"radiomics: {exc}") from exc
 
 
 def _check_clinical(bundles: Sequence[Bundle], header: Sequence[str], cohort: Path) -> None:
@@ -222,60 +206,6 @@ def _check_clinical(bundles: Sequence[Bundle], header: Sequence[str], cohort: Pa
 
 
 # ------------------------------------------------------------------ scoring
-
-
-class Scorer:
-    """Served predictions per (bundle, patient, dropped phases), each computed once."""
-
-    def __init__(self, library: Mapping[str, Bundle], rows: Mapping[str, Mapping[str, str]],
-                 features: Mapping[str, Mapping[str, float]]) -> None:
-        self.library, self.rows, self.features = library, rows, features
-        self.sessions: dict[str, Session] = {}
-        self.memo: dict[tuple[str, str, frozenset[str]], ResponsePrediction] = {}
-
-    def predict(self, bundle: Bundle, pid: str, dropped: frozenset[str] = frozenset()
-                ) -> ResponsePrediction:
-        """P(positive); ``MissingInputs`` when the patient lacks an input."""
-        key = (bundle.name, pid, dropped)
-        if key not in self.memo:
-            vector = self._vector(bundle, pid, dropped)
-            self.memo[key] = predict(bundle, self._session(bundle), vector, top=0)
-        return self.memo[key]
-
-    def _session(self, bundle: Bundle) -> Session:
-        if bundle.name not in self.sessions:
-            self.sessions[bundle.name] = create_session(bundle.model_file,
-                                                        providers=["CPUExecutionProvider"])
-        return self.sessions[bundle.name]
-
-    def _vector(self, bundle: Bundle, pid: str, dropped: frozenset[str]) -> dict[str, float]:
-        scores = {}
-        for name in score_names(bundle):
-            try:
-                scores[name] = self.predict(self.library[name], pid, dropped).log_odds
-            except MissingInputs as exc:
-                lacks = ", ".join(exc.missing)
-                raise MissingInputs([f"score:{name}, which lacks {lacks}"]) from exc
-        if image_features(bundle) and pid not in self.features:
-            raise MissingInputs(["radiomics features (the patient has no feature row)"])
-        clinical: Mapping[str, ClinicalValue] = self.rows.get(pid, {})
-        vector = build_vector(bundle, self.features.get(pid, {}), clinical, scores)
-        return _ablate(bundle, vector, dropped) if dropped else vector
-
-
-def _ablate(bundle: Bundle, vector: dict[str, float], dropped: frozenset[str]
-            ) -> dict[str, float]:
-    """The dropped phases' radiomics set to their training means (``explain.baseline``)."""
-    if not image_features(bundle):
-        return vector
-    if not bundle.baseline:
-        raise MissingInputs([f"training means of {bundle.name} (no explain.baseline)"])
-    out = dict(vector)
-    for name, mean in zip(bundle.inputs.features, bundle.baseline, strict=True):
-        if ":" not in name and (ALL in dropped
-                                or phase_of(name, bundle.inputs.phases) in dropped):
-            out[name] = mean
-    return out
 
 
 def conditions(bundle: Bundle, library: Mapping[str, Bundle]) -> list[Condition]:

@@ -22,9 +22,9 @@ from sklearn.metrics import roc_auc_score
 
 from inference.bundle import load_bundle
 from plugin.cli import evaluate as evaluate_cli
-from plugin.cli.train import score_rows
 from plugin.pipeline.models import SHIPPED_BUNDLES
 from plugin.research.evaluate_run import ALL_IMAGES
+from plugin.research.scoring import score_rows
 
 Run = tuple[Path, dict[str, Any], str]
 RADIOMICS_DATA = Path(__file__).resolve().parents[1] / "data" / "radiomics"
@@ -204,7 +204,7 @@ def test_without_features_the_phantom_images_are_rendered(
     """No --features: radiomics come from plugin.research.radiomics_cohort with the bundle's own
     extraction settings (stubbed here with the held-out values; the real extraction takes
     ~7 s per patient and is what `hepatica train` uses)."""
-    import plugin.research.evaluate_run as run_module
+    import plugin.research.scoring as run_module
 
     seen = []
     rows = {r["patient_id"]: {k: float(v) for k, v in r.items() if k not in ("patient_id", "pd")}

@@ -18,7 +18,6 @@ from dicom_io.selection import choose, label_all
 from dicom_io.series import load_study, series_to_volume
 from dicom_io.synthetic import PhantomSpec, make_phantom, write_phantom_study
 from inference.bundle import load_bundle
-from plugin.cli.train import score_rows
 from plugin.pipeline.models import SHIPPED_BUNDLES
 from plugin.pipeline.prediction import (
     PredictionInputs,
@@ -28,6 +27,7 @@ from plugin.pipeline.prediction import (
 )
 from plugin.pipeline.run import PipelineSettings
 from plugin.research.radiomics_cohort import largest_lesion
+from plugin.research.scoring import score_rows
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "radiomics"
 RADIOMICS = SHIPPED_BUNDLES / "hepatica-radiomics-pd-ct"
