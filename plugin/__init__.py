@@ -1,3 +1,3 @@
 """The deployable: CLI, configuration, job queue and the pipeline composing the rooms."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

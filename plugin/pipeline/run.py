@@ -71,10 +71,10 @@ def process_study(study_dir: Path, out_dir: Path, settings: PipelineSettings | N
             reader_roi_step(ctx)
         with ctx.step("measure"):
             measure_step(ctx)
-    with ctx.step("response models"):
+    with ctx.step("predict"):
         predict_step(ctx)
     if ctx.inputs is not None:
-        with ctx.step("priors and response"):
+        with ctx.step("recist"):
             recist_step(ctx)
     with ctx.step("export"):
         report_step(ctx)
