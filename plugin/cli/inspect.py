@@ -29,18 +29,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def inspect_study(study_dir: Path, rules_files: list[Path]) -> dict[str, Any]:
     """Labels of every series and the choice for each contrast phase."""
     from dicom_io.phases import default_rules, load_site_rules
+    from dicom_io.roi import image_series
     from dicom_io.selection import choose, label_all
     from dicom_io.series import load_study
+    from plugin.pipeline.models import segmentation_bundles
+    from plugin.pipeline.select import NoSegmentationInputs, choose_segmentation
 
     rules = load_site_rules(rules_files) if rules_files else default_rules()
-    labelled = label_all(load_study(study_dir), rules)
+    labelled = label_all(image_series(load_study(study_dir)), rules)
     choices = {}
     for phase in MODEL_PHASES:
         choice = choose(labelled, phase, rules=rules)
         choices[phase] = {"series_uid": choice.chosen.series.series_uid if choice.chosen
                           else None, "temporal_position": choice.chosen.series.temporal_position
                           if choice.chosen else None, "reason": choice.reason}
-    return {"series": [item.summary for item in labelled], "choices": choices}
+    try:
+        inputs = choose_segmentation(labelled, segmentation_bundles(), rules)
+        segmentation = {"bundle": f"{inputs.bundle.name} {inputs.bundle.version}",
+                        "reason": inputs.reason,
+                        "inputs": {ch: s.series_uid for ch, s in inputs.selected.items()}}
+    except NoSegmentationInputs as exc:
+        segmentation = {"bundle": None, "reason": f"not run: {exc}", "inputs": {}}
+    return {"series": [item.summary for item in labelled], "choices": choices,
+            "segmentation": segmentation}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,4 +74,5 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     for phase, choice in report["choices"].items():
         console.print(f"[bold]{phase}[/bold]: {choice['reason']}")
+    console.print(f"[bold]segmentation[/bold]: {report['segmentation']['reason']}")
     return 0

@@ -209,3 +209,30 @@ def test_the_pipeline_reads_the_clinical_sr_and_uids_follow_content(
     assert "probability" in served["hepatica-radiomics-pd-ct"], served
     nomogram = served["hepatica-nomogram-pd-no-afp"]
     assert "probability" in nomogram and "SR in study" in nomogram["inputs_used"]["platelets"]
+
+
+def test_blank_descriptions_same_labels_by_inspect_and_segmented(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 10's acceptance: SeriesDescription, ProtocolName and SequenceName blanked."""
+    from plugin.cli import main
+
+    write_phantom_study(make_phantom(424_272, SMALL_MR), tmp_path / "orig")
+    blank = tmp_path / "blank"
+    shutil.copytree(tmp_path / "orig" / "dicom", blank)
+    for path in blank.rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        for keyword in ("SeriesDescription", "ProtocolName", "SequenceName"):
+            if keyword in ds:
+                ds.data_element(keyword).value = ""
+        ds.save_as(path)
+
+    def labels(folder: Path) -> dict[str, str]:
+        assert main(["inspect", str(folder), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        return {s["series_uid"]: s["label"] for s in report["series"]}
+
+    original, blanked = labels(tmp_path / "orig" / "dicom"), labels(blank)
+    assert blanked == original and set(blanked.values()) == {"PRE", "AP", "PVP", "DP"}
+    result = process_study(blank, tmp_path / "out")
+    assert result.summary["segmentation"]["ran"] is True
+    assert result.summary["measurements"]["liver_volume_ml"] > 500
