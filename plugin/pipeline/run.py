@@ -65,15 +65,21 @@ def process_study(study_dir: Path, out_dir: Path, settings: PipelineSettings | N
             ctx.not_run = str(exc)
             log.warning("segmentation not run: %s", exc)
     if ctx.inputs is not None:
-        with ctx.step("segment"):
-            segment_step(ctx)
-        with ctx.step("reader ROI"):
-            reader_roi_step(ctx)
-        with ctx.step("measure"):
-            measure_step(ctx)
+        try:
+            with ctx.step("segment"):
+                segment_step(ctx)
+            with ctx.step("reader ROI"):
+                reader_roi_step(ctx)
+            with ctx.step("measure"):
+                measure_step(ctx)
+        except ValueError as exc:  # the data, not the node: report it, never end without one
+            log.exception("segmentation failed on this study")
+            bundle = ctx.inputs.bundle
+            ctx.not_run = f"{bundle.name} {bundle.version} failed on this study: {exc}"
+            ctx.segmentation = ctx.measurements = None
     with ctx.step("predict"):
         predict_step(ctx)
-    if ctx.inputs is not None:
+    if ctx.segmentation is not None:
         with ctx.step("recist"):
             recist_step(ctx)
     with ctx.step("export"):

@@ -236,3 +236,16 @@ def test_blank_descriptions_same_labels_by_inspect_and_segmented(
     result = process_study(blank, tmp_path / "out")
     assert result.summary["segmentation"]["ran"] is True
     assert result.summary["measurements"]["liver_volume_ml"] > 500
+
+
+def test_a_segmentation_that_fails_on_the_data_still_reports(
+        mr_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import plugin.pipeline.run as run_module
+
+    def refuse(ctx: object) -> None:
+        raise ValueError("grid too small for the model")
+
+    monkeypatch.setattr(run_module, "segment_step", refuse)
+    result = process_study(mr_study, tmp_path / "out")
+    assert [p.name for p in result.files] == ["sr.dcm"]
+    assert "failed on this study: grid too small" in result.summary["segmentation"]["reason"]
