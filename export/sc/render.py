@@ -20,7 +20,13 @@ from matplotlib.figure import Figure
 
 from export.common import RESEARCH_USE_TEXT
 
-__all__ = ["COLORMAP", "render_heatmap"]
+__all__ = [
+    "COLORMAP",
+    "CT_WINDOW",
+    "MR_WINDOW_PERCENTILES",
+    "render_heatmap",
+    "window_background",
+]
 
 COLORMAP = "inferno"
 _FIGSIZE_IN = (6.4, 6.0)
@@ -28,7 +34,10 @@ _DPI = 100
 # Overlay opacity ramps from 0 at p = 0.2 to its maximum at p = 0.5, so low
 # probabilities leave the anatomy readable and p > 0.5 is plainly visible.
 _ALPHA_START, _ALPHA_FULL, _ALPHA_MAX = 0.2, 0.5, 0.75
-_WINDOW_PERCENTILES = (0.5, 99.5)
+CT_WINDOW = (400.0, 50.0)
+"""Width and level (HU) of the abdominal soft-tissue window a reader uses for the liver."""
+MR_WINDOW_PERCENTILES = (1.0, 99.0)
+"""MR has no absolute scale: a reader windows it to its own intensity range."""
 
 
 def render_heatmap(
@@ -38,18 +47,26 @@ def render_heatmap(
     title: str,
     caption_lines: Sequence[str],
     aspect: float = 1.0,
+    modality: str = "",
 ) -> npt.NDArray[np.uint8]:
     """Return ``[rows, cols, 3]`` uint8 RGB of the overlay, colour bar and text.
 
     ``aspect`` is row spacing / column spacing, so anisotropic pixels are drawn
-    with their true proportions.
+    with their true proportions. ``modality`` chooses the background window:
+    CT in HU through the abdominal window (W400/L50), anything else between its
+    1st and 99th percentiles.
     """
     _check_shapes(background, probability)
     fig = Figure(figsize=_FIGSIZE_IN, dpi=_DPI, facecolor="black")
     ax = fig.add_axes((0.02, 0.17, 0.82, 0.74))
     ax.set_axis_off()
     ax.imshow(
-        _window(background), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect=aspect
+        window_background(background, modality),
+        cmap="gray",
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+        aspect=aspect,
     )
     ax.imshow(_overlay_rgba(probability), interpolation="nearest", aspect=aspect)
     _add_colorbar(fig)
@@ -77,14 +94,21 @@ def _check_shapes(
         )
 
 
-def _window(background: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-    """Scale to 0..1 between robust percentiles.
+def window_background(background: npt.NDArray[np.floating],
+                      modality: str = "") -> npt.NDArray[np.float64]:
+    """Scale to 0..1 as a reader would window the slice.
 
-    Percentiles rather than a stored window because MR has no absolute scale
-    and the caller passes values after rescaling.
+    CT values are Hounsfield units (the caller passes them after rescaling), so the
+    abdominal window applies as such: fat black, bone white, the liver mid-grey. The full
+    range (air at −1000 to bone, or −3024 padding) would leave the liver a flat grey.
+    MR has no absolute scale: the 1st–99th percentiles of the slice.
     """
     values = np.nan_to_num(background.astype(np.float64))
-    low, high = (float(v) for v in np.percentile(values, _WINDOW_PERCENTILES))
+    if modality.upper() == "CT":
+        width, level = CT_WINDOW
+        low, high = level - width / 2, level + width / 2
+    else:
+        low, high = (float(v) for v in np.percentile(values, MR_WINDOW_PERCENTILES))
     if high <= low:
         return np.zeros_like(values)
     scaled: npt.NDArray[np.float64] = np.clip((values - low) / (high - low), 0.0, 1.0)

@@ -64,6 +64,7 @@ def build_heatmap_image(
         title=phase_label,
         caption_lines=caption_lines,
         aspect=_pixel_aspect(source_image),
+        modality=str(source_image.get("Modality", "") or ""),
     )
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source_image,
