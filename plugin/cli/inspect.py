@@ -43,6 +43,7 @@ def inspect_study(study_dir: Path, rules_files: list[Path]) -> dict[str, Any]:
         choices[phase] = {"series_uid": choice.chosen.series.series_uid if choice.chosen
                           else None, "temporal_position": choice.chosen.series.temporal_position
                           if choice.chosen else None, "reason": choice.reason}
+    segmentation: dict[str, Any]
     try:
         inputs = choose_segmentation(labelled, segmentation_bundles(), rules)
         segmentation = {"bundle": f"{inputs.bundle.name} {inputs.bundle.version}",
