@@ -27,7 +27,6 @@ _DASHED_DATE = re.compile(r"(\d{4})[-./ ](\d{1,2})[-./ ](\d{1,2})")
 _COLON_TIME = re.compile(r"(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,6})?)?")
 _AGE = re.compile(r"\d{3}[DWMY]")
 _PATIENT_SEX = BaseTag(0x00100040)
-_SEX_CODES = ("M", "F", "O")
 _SEX_WORDS = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"}
 
 
@@ -99,8 +98,7 @@ def repair_values(ds: Dataset) -> list[str]:
         element = ds[tag]
         values = element.value if isinstance(element.value, MultiValue) else [element.value]
         texts = [str(v) for v in values if v not in (None, "")]
-        if not texts or all(_valid(vr, t) and (fixer is not _sex or t in _SEX_CODES)
-                            for t in texts):
+        if not texts or all(fixer(t) == t for t in texts):
             continue
         fixed = [fixer(t) for t in texts]
         keyword = element.keyword or str(tag)
