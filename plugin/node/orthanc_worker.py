@@ -6,48 +6,48 @@ pipeline and stores SEG, SR and heatmaps back with ``POST /instances``, where th
 same study. It runs in its own process because every Orthanc Python callback shares one
 interpreter lock.
 
-Nothing is lost or duplicated across restarts: jobs live in SQLite (a job left running by a
-killed worker is queued again at start-up), result UIDs derive from the study and the
-pipeline version (a re-upload replaces or is reported ``AlreadyStored``, never a second
-copy), and every request to Orthanc is retried while Orthanc is unreachable, up to
-``[orthanc] retry_seconds``. One worker process per job database: a lock file enforces it,
-because recovery at start-up cannot tell a live worker's job from a dead one's.
+The loop, the failure policy and delivery retries are the shared worker loop's
+(``plugin.node.worker``); this module is the transport: an :class:`OrthancInbox` that downloads
+the study (its UID checked before it names the work folder, which is removed afterwards) and an
+:class:`OrthancOutbox` that uploads. Nothing is lost or duplicated across restarts: jobs live in
+SQLite, result UIDs derive from the study and the pipeline version (a re-upload replaces or is
+reported ``AlreadyStored``, never a second copy), and every request to Orthanc is retried while
+Orthanc is unreachable, up to ``[orthanc] retry_seconds``; after that the results wait for the
+delivery thread, never recomputed.
 """
 
 from __future__ import annotations
 
 import base64
-import fcntl
 import http.client
 import json
 import logging
-import os
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
 
+from dicom_io.spool import write_durably
+from dicom_io.uids import path_under
 from plugin.node.config import HepaticaConfig
-from plugin.node.jobs import Job, JobQueue, JobState, JobStateError
+from plugin.node.jobs import Job, JobQueue
 from plugin.node.orthanc.app import heartbeat_path
 from plugin.node.orthanc.filters import TriggerRules, is_own_series
-from plugin.node.orthanc.study import get_json, lookup_study, series_facts
+from plugin.node.orthanc.study import get_json, is_orthanc_id, lookup_study, series_facts
 from plugin.node.orthanc_priors import orthanc_priors
-from plugin.pipeline.models import NoModelError, installed_version
-from plugin.pipeline.prediction import ResponseSettings
-from plugin.pipeline.run import PipelineError, PipelineSettings, process_study
+from plugin.node.worker import Acknowledge, Worker, pipeline_settings
+from plugin.pipeline.models import installed_version
 
-__all__ = ["OrthancClient", "OrthancError", "OrthancUnavailable", "OrthancWorker"]
+__all__ = ["OrthancClient", "OrthancError", "OrthancInbox", "OrthancOutbox",
+           "OrthancUnavailable", "OrthancWorker"]
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.5
-HEARTBEAT_SECONDS = 5.0
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
 
@@ -123,99 +123,32 @@ class OrthancClient:
                    retry_seconds=o.retry_seconds)
 
 
-class OrthancWorker:
-    """start(), then stop() (or run_forever()); ``workers`` threads share one queue."""
+@dataclass
+class OrthancInbox:
+    """A claimed study's source series (never Hepatica's earlier results), downloaded into a
+    work folder that is removed after the run."""
 
-    def __init__(self, config: HepaticaConfig, client: OrthancClient | None = None) -> None:
-        self.config = config
-        self.client = client or OrthancClient.from_config(config)
-        self.rules = TriggerRules.from_config(config.orthanc, config.pipeline.series_number_base)
-        self.settings = PipelineSettings(config.pipeline.bundle_dirs,
-                                         config.pipeline.series_number_base,
-                                         config.pipeline.providers,
-                                         ResponseSettings(config.data_dir),
-                                         phase_rules=config.pipeline.phase_rules)
-        # priors come from Orthanc itself, downloaded like the study (source series only)
-        self.settings = replace(self.settings,
-                                priors=orthanc_priors(config, self.client, self.download))
-        self.version = installed_version(config.pipeline.bundle_dirs)
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _exclusive_lock(config.data_dir / "orthanc-worker.lock")
-        self.queue = JobQueue(config.database, self.version)
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+    client: OrthancClient
+    rules: TriggerRules
+    work_root: Path
+    timing_key: str | None = "download"
 
-    @property
-    def work_root(self) -> Path:
-        return self.config.data_dir / "orthanc-work"
+    def tick(self, queue: JobQueue) -> None:
+        """Nothing: the plugin inside Orthanc queues jobs when Orthanc says a study is stable."""
 
-    def start(self) -> None:
-        for job in self.queue.recover(self.config.pipeline.max_attempts):
-            log.info("recovered job %d (study …%s) as %s", job.id, job.study_uid[-12:], job.state)
-        self._beat("starting")
-        targets = [self._heartbeat] + [self._work] * self.config.pipeline.workers
-        for i, target in enumerate(targets):
-            thread = threading.Thread(target=target, name=f"hepatica-orthanc-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Let running jobs finish (up to ``timeout``); unfinished ones recover at restart."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        self.queue.close()
-        self._lock_file.close()
-
-    def run_forever(self) -> None:
+    @contextmanager
+    def study(self, job: Job) -> Iterator[Path]:
+        work = path_under(self.work_root, job.study_uid)  # checked before it names anything
         try:
-            while not self._stop.is_set():
-                time.sleep(0.5)
-        finally:
-            self.stop()
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            job = self.queue.claim()
-            if job is None:
-                self._stop.wait(POLL_SECONDS)
-                continue
-            try:
-                self.run_job(job)
-            except JobStateError as exc:  # another process re-queued it: its report wins
-                log.warning("job %d: %s", job.id, exc)
-
-    def run_job(self, job: Job) -> Job:
-        """Download, process, upload and record one claimed job; errors become states."""
-        started = time.perf_counter()
-        work = self.work_root / job.study_uid
-        out_dir = self.config.results_dir / job.study_uid
-        try:
-            fetched = time.perf_counter()
             count = self.download(job.study_uid, work)
             log.info("job %d: %d instances downloaded", job.id, count)
-            fetched = time.perf_counter() - fetched
-            result = process_study(work, out_dir, self.settings)
-            timings = {**result.summary["timings_s"], "download": round(fetched, 3)}
-            self.queue.mark(job.id, JobState.SENDING, timings=timings, result_dir=str(out_dir))
-            sent = time.perf_counter()
-            self.upload(result.files)
-            timings["upload"] = round(time.perf_counter() - sent, 3)
-        except (PipelineError, NoModelError, LookupError) as exc:  # retrying cannot help
-            log.error("job %d failed: %s", job.id, exc)
-            return self.queue.mark(job.id, JobState.FAILED, error=str(exc))
-        except Exception as exc:  # Orthanc down too long, disk full…: retried
-            log.exception("job %d attempt %d failed", job.id, job.attempts)
-            return self.queue.fail(job.id, f"{type(exc).__name__}: {exc}",
-                                   self.config.pipeline.max_attempts)
+            yield work
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-        timings["total"] = round(time.perf_counter() - started, 3)
-        log.info("job %d done in %.1f s", job.id, timings["total"])
-        return self.queue.mark(job.id, JobState.DONE, timings=timings)
+            shutil.rmtree(path_under(self.work_root, job.study_uid), ignore_errors=True)
 
-    def download(self, study_uid: str, folder: Path) -> int:
-        """The study's source instances (not Hepatica's earlier results) into ``folder``."""
+    def download(self, study_uid: str, folder: Path, *, durable: bool = False) -> int:
+        """The study's source instances into ``folder`` (emptied first), one file each,
+        named by Orthanc's instance ID; ``durable`` syncs them (the prior cache keeps them)."""
         study_id = lookup_study(self.client, study_uid)
         if study_id is None:
             raise LookupError(f"Orthanc no longer has study {study_uid}")
@@ -227,42 +160,70 @@ class OrthancWorker:
             if is_own_series(series, self.rules):
                 continue
             for instance in series.instance_ids:
+                if not is_orthanc_id(instance):
+                    raise OrthancError("Orthanc answered an instance ID that is not one")
                 data = self.client.get(f"/instances/{instance}/file")
-                (folder / f"{instance}.dcm").write_bytes(data)
+                target = folder / f"{instance}.dcm"
+                if durable:
+                    write_durably(target, data)
+                else:
+                    target.write_bytes(data)
                 count += 1
         return count
 
-    def upload(self, files: list[Path]) -> list[dict[str, Any]]:
-        """``POST /instances`` each result; Orthanc files them under the source study."""
-        answers = []
+
+@dataclass
+class OrthancOutbox:
+    """``POST /instances`` each result; Orthanc files them under the source study."""
+
+    client: OrthancClient
+    timing_key: str = "upload"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"Orthanc {self.client.url}"
+
+    def deliver(self, files: Sequence[Path], acknowledged: Acknowledge) -> None:
         for path in files:
             answer = json.loads(self.client.post("/instances", path.read_bytes(),
                                                  "application/dicom"))
             if answer.get("Status") not in ("Success", "AlreadyStored"):
                 raise OrthancError(f"Orthanc did not store {path.name}: {answer}")
-            answers.append(answer)
-        return answers
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            self._beat("running")
-
-    def _beat(self, state: str) -> None:
-        path = heartbeat_path(self.config)
-        beat = {"pid": os.getpid(), "time": time.time(), "state": state,
-                "pipeline_version": self.version, "orthanc": self.client.url}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(beat))
-        tmp.replace(path)
+            acknowledged([path])
 
 
-def _exclusive_lock(path: Path) -> IO[str]:
-    handle = path.open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RuntimeError(f"another Hepatica Orthanc worker holds {path}; run one worker "
-                           "process per data_dir (raise [pipeline] workers for more threads)"
-                           ) from None
-    return handle
+class OrthancWorker:
+    """start(), then stop() (or run_forever()); ``workers`` threads share one queue."""
+
+    def __init__(self, config: HepaticaConfig, client: OrthancClient | None = None) -> None:
+        self.config = config
+        self.client = client or OrthancClient.from_config(config)
+        rules = TriggerRules.from_config(config.orthanc, config.pipeline.series_number_base)
+        self.inbox = OrthancInbox(self.client, rules, config.data_dir / "orthanc-work")
+        self.outbox = OrthancOutbox(self.client)
+        self.version = installed_version(config.pipeline.bundle_dirs)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.queue = JobQueue(config.database, self.version)
+        # priors come from Orthanc itself, downloaded like the study (source series only)
+        download = partial(self.inbox.download, durable=True)
+        settings = pipeline_settings(config, orthanc_priors(config, self.client, download))
+        self.worker = Worker(config, self.queue, self.inbox, self.outbox, settings,
+                             heartbeat=heartbeat_path(config),
+                             heartbeat_info={"orthanc": self.client.url})
+
+    @property
+    def work_root(self) -> Path:
+        return self.inbox.work_root
+
+    def start(self) -> None:
+        self.worker.start("hepatica-orthanc")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let running jobs finish (up to ``timeout``); unfinished ones recover at restart."""
+        self.worker.stop(timeout)
+
+    def run_forever(self) -> None:
+        self.worker.run_forever()
+
+    def run_job(self, job: Job) -> Job | None:
+        return self.worker.run_job(job)

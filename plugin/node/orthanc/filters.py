@@ -11,6 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from dicom_io.uids import is_valid_uid
 from plugin.node.config import OrthancConfig
 
 __all__ = [
@@ -122,6 +123,8 @@ def source_fingerprint(study: StudyFacts, rules: TriggerRules) -> str:
 
 def decide(study: StudyFacts, rules: TriggerRules) -> Decision:
     """Apply the rules in order; the first that rejects gives the reason."""
+    if not is_valid_uid(study.study_uid):  # it would name the worker's folders: never queue it
+        return Decision(False, "its StudyInstanceUID is not a valid DICOM UID")
     sources = source_series(study, rules)
     if not sources:
         return Decision(False, "the study holds only Hepatica's results")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dicom_io.uids import InvalidUidError
 from plugin.node.jobs import Job, JobState
 from plugin.node.orthanc.app import HepaticaOrthanc
 from plugin.node.orthanc.store import validate_clinical
@@ -135,6 +136,8 @@ def dispatch(app: HepaticaOrthanc, handler: Handler, request: Request) -> Respon
     except HttpError as exc:
         body = {"error": str(exc), **({"allow": exc.allow} if exc.allow else {})}
         return Response(exc.status, body)
+    except InvalidUidError as exc:
+        return Response(400, {"error": str(exc)})
     except NoModelError as exc:
         return Response(503, {"error": str(exc)})
     except LookupError as exc:

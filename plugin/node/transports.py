@@ -1,0 +1,79 @@
+"""The DICOM node's transports: the spool in, C-STORE out (or nothing out).
+
+Each is a few lines because the worker loop (``plugin.node.worker``) does everything else.
+A new destination kind (STOW-RS, say) is one more class with ``name``, ``timing_key`` and
+``deliver(files, acknowledged)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_io.sender import Peer, SendError, send_files
+from dicom_io.spool import Spool
+from plugin.node.config import HepaticaConfig
+from plugin.node.jobs import Job, JobQueue
+from plugin.node.worker import Acknowledge, Outbox
+
+__all__ = ["DimseOutbox", "KeepOutbox", "SpoolInbox", "dicom_outbox"]
+
+
+@dataclass
+class SpoolInbox:
+    """Studies the storage SCP filed; a study is queued once quiet for ``stable_seconds``."""
+
+    spool: Spool
+    stable_seconds: float
+    timing_key: str | None = None
+
+    def tick(self, queue: JobQueue) -> None:
+        queue.promote_stable(self.stable_seconds)
+
+    @contextmanager
+    def study(self, job: Job) -> Iterator[Path]:
+        yield self.spool.study_dir(job.study_uid)  # the UID is checked before it names a path
+
+
+@dataclass
+class DimseOutbox:
+    """C-STORE to the archive, one association per delivery (``dicom_io.sender``)."""
+
+    peer: Peer
+    retries: int
+    backoff_s: float
+    timing_key: str = "send"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"{self.peer.ae_title}@{self.peer.host}:{self.peer.port}"
+
+    def deliver(self, files: Sequence[Path], acknowledged: Acknowledge) -> None:
+        report = send_files(files, self.peer, retries=self.retries, backoff_s=self.backoff_s)
+        refused = {path for path, _ in report.failed}
+        acknowledged([path for path in files if path not in refused])
+        if report.failed:
+            reasons = "; ".join(f"{p.name}: {why}" for p, why in report.failed)
+            raise SendError(f"the archive refused {len(report.failed)} result(s): {reasons}")
+
+
+@dataclass
+class KeepOutbox:
+    """``[destination] enabled = false``: results stay in results_dir, nothing is sent."""
+
+    name: str = "results_dir only"
+    timing_key: str = "send"
+
+    def deliver(self, files: Sequence[Path], acknowledged: Acknowledge) -> None:
+        acknowledged(list(files))
+
+
+def dicom_outbox(config: HepaticaConfig) -> Outbox:
+    """The outbox ``[destination]`` describes."""
+    d = config.destination
+    if not d.enabled:
+        return KeepOutbox()
+    peer = Peer(d.ae_title, d.host, d.port, calling_ae=config.listener.ae_title)
+    return DimseOutbox(peer, d.retries, d.backoff_seconds)
