@@ -26,7 +26,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_io.log_redaction import redact_library_warnings
 from dicom_io.privacy import hash_identifier
-from dicom_io.sop_classes import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_CLASSES, is_volume_image
+from dicom_io.sop_classes import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    IMAGE_CLASSES,
+    STORAGE_CLASSES,
+    is_volume_image,
+)
 from dicom_io.spool import (
     DEFAULT_QUARANTINE_MAX_BYTES,
     DuplicateInstanceError,
@@ -162,26 +167,48 @@ def _decode(event: Event) -> Dataset:
     return ds
 
 
-def _check_pixel_data(ds: Dataset) -> None:
-    """Refuse an image whose uncompressed pixel data is shorter than its header promises.
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+MAX_IMAGE_DIMENSION = 16384  # rows or columns; far above any CT/MR/SC a liver study holds
+MAX_PIXEL_BYTES = 4 << 30  # declared uncompressed size; what 32-bit element lengths allow
 
-    A truncated file (a sender's disk or network fault) otherwise decodes up to the UIDs,
-    is stored, and only breaks the study later when its volume is built.
+
+def _check_pixel_data(ds: Dataset, sop_class: str) -> None:
+    """Refuse an image whose pixel data cannot be what its header promises.
+
+    Nothing is decoded here (memory stays bounded whatever the header claims): every element
+    is parsed, so a truncated data set fails now; an image class without pixel data, absurd
+    dimensions (a decoder would try to allocate them later), or uncompressed pixel data
+    shorter than Rows x Columns x frames promise are refused before anything is stored.
     """
     try:
         for _element in ds.iterall():  # parse every element: truncation raises here
             pass
-        if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
+        keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+        if keyword is None:
+            if sop_class in IMAGE_CLASSES:
+                raise StoreRejected(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                                    "image without pixel data")
             return
+        rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
-                    * frames * int(ds.BitsAllocated)) // 8
-        actual = len(ds.PixelData)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        compressed = ds.file_meta.TransferSyntaxUID.is_compressed and keyword == "PixelData"
+        actual = 0 if compressed else len(ds[keyword].value)
+    except StoreRejected:
+        raise
     except Exception as exc:
         raise StoreRejected(
             Status.CANNOT_DECODE_DATA_SET, f"cannot decode data set ({type(exc).__name__})"
         ) from exc
-    if actual < expected:
+    expected = (rows * cols * samples * frames * bits + 7) // 8
+    if not (0 < rows <= MAX_IMAGE_DIMENSION and 0 < cols <= MAX_IMAGE_DIMENSION
+            and frames > 0 and 0 < samples <= 4 and bits in (1, 8, 16, 32, 64)
+            and expected <= MAX_PIXEL_BYTES):
+        raise StoreRejected(Status.CANNOT_UNDERSTAND,
+                            f"implausible image: {rows} x {cols} x {frames} frames, "
+                            f"{samples} samples of {bits} bits")
+    if not compressed and actual < expected:
         raise StoreRejected(Status.CANNOT_DECODE_DATA_SET,
                             f"pixel data truncated: {actual} of {expected} bytes")
 
@@ -297,7 +324,7 @@ class StorageSCP:
 
     def _receive(self, event: Event) -> StoredInstance:
         ds = _decode(event)
-        _check_pixel_data(ds)
+        _check_pixel_data(ds, str(event.context.abstract_syntax))
         identity = _check_identity(
             ds,
             context_sop_class=str(event.context.abstract_syntax),
