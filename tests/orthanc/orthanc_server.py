@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -22,14 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plugin.cli.demo import free_port
-
 ORTHANC = Path("/usr/sbin/Orthanc")
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "plugin" / "node" / "orthanc" / "hepatica_orthanc.py"
 USER, PASSWORD = "hepatica", "test-only-password"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (standard library: no plugin import here)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def missing_packages() -> list[str]:
@@ -53,6 +59,7 @@ class OrthancServer:
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    python_plugin: bool = True  # False: a plain archive with DICOMweb (no Hepatica plugin)
 
     @property
     def url(self) -> str:
@@ -83,6 +90,10 @@ class OrthancServer:
                          "ConfigFile": str(self.hepatica_config)},
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
+        if not self.python_plugin:
+            for key in ("PythonScript", "PythonVerbose", "Hepatica"):
+                del config[key]
+            config["Plugins"] = [str(DICOMWEB_PLUGIN)]
         path = self.root / "orthanc.json"
         path.write_text(json.dumps(config, indent=1))
         return path
@@ -98,7 +109,10 @@ class OrthancServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Orthanc exited ({self.proc.returncode}):\n{self.log_tail()}")
             try:
-                if self.request("GET", "/hepatica/health")[0] in (200, 503):
+                if not self.python_plugin:
+                    if self.request("GET", "/dicom-web/studies")[0] == 200:
+                        return  # Orthanc answers and DICOMweb is loaded
+                elif self.request("GET", "/hepatica/health")[0] in (200, 503):
                     return  # Orthanc answers and the plugin's routes are registered
             except OSError:
                 pass
