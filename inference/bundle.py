@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inference.settings_table import SettingsError
+
 __all__ = [
     "BUNDLE_FILE",
     "Bundle",
@@ -76,6 +78,19 @@ class Bundle:
     baseline: tuple[float, ...] = ()
     explain: str = ""
     group: str = ""
+    kind: str = "hepatica"
+    """``preprocessing.kind``: ``hepatica`` (``inference.preprocess``), or the framework an
+    imported model's pre-processing and inference follow (``nnunet``, ``monai``)."""
+    orientation: str = "none"
+    """Axis codes the model expects its input in (``preprocessing.orientation``), or none."""
+    framework: Any = None
+    """Imported models: the validated ``[nnunet]`` / ``[monai]`` settings."""
+    label_map: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """``[outputs.map]``: Hepatica label → the output labels whose probabilities it sums."""
+
+    def channels_of(self, label: str) -> tuple[str, ...]:
+        """The output labels that make up Hepatica's ``label`` (default: the one so named)."""
+        return self.label_map.get(label, (label,))
 
     def threshold(self, key: str, default: float) -> float:
         """A threshold from the bundle, or the caller's default when the bundle has none."""
@@ -167,6 +182,7 @@ def load_bundle(directory: str | Path) -> Bundle:
         baseline=_baseline(reader),
         explain=reader.optional_text("explain.method"),
         group=reader.optional_text("group"),
+        **_imported(reader),
     )
 
 
@@ -180,6 +196,38 @@ def _preprocessing(reader: _Reader) -> dict[str, Any]:
     return {"spacing_mm": reader.triple("preprocessing.spacing_mm", float),
             "normalisation": reader.text("preprocessing.normalisation"),
             "patch_size": reader.triple("preprocessing.patch_size", int)}
+
+
+def _imported(reader: _Reader) -> dict[str, Any]:
+    """Kind, orientation, framework settings and label map (models imported from nnU-Net or
+    MONAI, docs/importing_models.md); validated here so a bad bundle fails when loaded."""
+    from inference.frameworks import KINDS, parse_framework
+    from inference.orientation import check_codes
+
+    kind = reader.get("preprocessing.kind", "hepatica", required=False)
+    if kind not in KINDS:
+        raise reader.fail("preprocessing.kind", f"must be one of {KINDS}, got {kind!r}")
+    orientation = reader.text("preprocessing.orientation", default="none")
+    if orientation != "none":
+        try:
+            orientation = check_codes(orientation)
+        except ValueError as exc:
+            raise reader.fail("preprocessing.orientation", str(exc)) from None
+    labels = _outputs(reader)
+    label_map: dict[str, tuple[str, ...]] = {}
+    for name in reader.table("outputs.map"):
+        label_map[name] = reader.strings(f"outputs.map.{name}")
+        if not label_map[name] or any(c not in labels for c in label_map[name]):
+            raise reader.fail(f"outputs.map.{name}", f"must name entries of outputs.labels "
+                                                     f"{list(labels)}, got "
+                                                     f"{list(label_map[name])}")
+    try:
+        framework = parse_framework(kind, reader.table(kind) if kind != "hepatica" else {},
+                                    labels, reader.strings("inputs.phases"))
+    except SettingsError as exc:
+        raise reader.fail(f"{kind}.{exc.key}", exc.problem) from None
+    return {"kind": kind, "orientation": orientation, "framework": framework,
+            "label_map": label_map}
 
 
 def _baseline(reader: _Reader) -> tuple[float, ...]:

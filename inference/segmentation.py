@@ -60,12 +60,20 @@ class SegmentationResult:
 def segment(bundle: Bundle, session: Session,
             channels: Sequence[npt.NDArray[np.floating]] | Mapping[str, npt.NDArray[np.floating]],
             spacing_xyz: Sequence[float], *, overlap: float = 0.25, batch_size: int = 1,
-            progress: Progress | None = None) -> SegmentationResult:
+            progress: Progress | None = None,
+            direction: Sequence[float] | None = None) -> SegmentationResult:
     """Segment liver and tumours in co-registered phase volumes ``[z, y, x]`` on one grid.
 
     ``channels`` is in ``bundle.inputs.phases`` order, or a mapping phase → volume.
+    ``direction`` (the volumes' row-major 3x3, LPS) is needed by imported bundles that
+    reorient their input; those run as their framework does (``inference.imported``), with
+    its own window overlap and batching.
     """
     volumes = _ordered_channels(bundle, channels)
+    if bundle.kind != "hepatica":
+        from inference.imported import segment_imported
+
+        return segment_imported(bundle, session, volumes, spacing_xyz, direction, progress)
     liver_index, tumour_index = _output_indices(bundle)
     _check_normalisation(bundle)
     timings: dict[str, float] = {}
