@@ -31,7 +31,9 @@ def robust_scale(array: npt.NDArray[np.floating], low_pct: float = 1.0,
 
 
 PADDING_SHARE = 0.01
-"""A minimum value filling at least this share of the volume is padding, not anatomy."""
+"""A minimum value filling at least this share of the volume may be padding …"""
+PADDING_GAP = 0.25
+"""… when it lies this far (share of the rest's 1st–99.5th percentile span) below the rest."""
 
 
 def _without_padding(values: FloatArray) -> FloatArray:
@@ -39,8 +41,10 @@ def _without_padding(values: FloatArray) -> FloatArray:
 
     Real CTs fill the corners outside the reconstruction circle with one value far below air
     (e.g. −3024 HU for PixelPaddingValue −2000); as a fifth of the voxels it would be the 1st
-    percentile and squeeze every tissue into a sliver of [0, 1]. Such a plateau at the minimum
-    is left out of the percentiles (it then clips to −0.5). Noisy images never have one.
+    percentile and squeeze every tissue into a sliver of [0, 1]. Such a plateau at the
+    minimum, well apart from everything else, is left out of the percentiles (it then clips
+    to −0.5). Air clipped at −1024 or an MR background of zeros sits right at the bottom of
+    the rest and stays.
     """
     flat = values.ravel()
     low = flat.min()
@@ -48,6 +52,9 @@ def _without_padding(values: FloatArray) -> FloatArray:
     if padding.mean() < PADDING_SHARE or padding.all():
         return values
     rest: FloatArray = flat[~padding]
+    floor, top = (float(v) for v in np.percentile(rest, [1.0, 99.5]))
+    if floor - float(low) <= PADDING_GAP * max(top - floor, 1e-6):
+        return values
     return rest
 
 

@@ -3,7 +3,8 @@
 Bundles ship ONNX only (serving has no torch). The exporter keeps every convolution's
 parameter name from the torch ``state_dict``; only the PReLU slopes are renamed
 (``onnx::PRelu_N``), and they appear in the graph in the order the network runs them, which
-for MONAI's UNet is the order of its ``state_dict``. After loading, torch and ONNX Runtime
+for MONAI's UNet is the order of its ``state_dict`` (equal slopes may share one stored
+tensor through Identity nodes). After loading, torch and ONNX Runtime
 must agree on a random input, or the weights are refused: a silently wrong mapping would
 fine-tune garbage.
 """
@@ -39,7 +40,15 @@ def unet_from_onnx(path: Path, config: SegmentationTrainingConfig) -> UNet:
                              "(no 'model.0.conv.unit0.conv.weight')")
     model = build_network(int(first.shape[1]), config)
     state = model.state_dict()
-    prelu_inputs = [node.input[1] for node in graph.node if node.op_type == "PRelu"]
+    # equal slopes (all 0.25 before training) are stored once, the others reach it by Identity
+    alias = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Identity"}
+    prelu_inputs = []
+    for node in graph.node:
+        if node.op_type == "PRelu":
+            name = node.input[1]
+            while name not in named and name in alias:
+                name = alias[name]
+            prelu_inputs.append(name)
     prelu_keys = [k for k in state if k.endswith("adn.A.weight")]
     if len(prelu_inputs) != len(prelu_keys):
         raise WarmStartError(f"{path}: {len(prelu_inputs)} PReLU slopes in the graph, the "

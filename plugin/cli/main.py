@@ -27,10 +27,11 @@ err = Console(stderr=True)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     from plugin.cli import phantom as phantom_cli
+    from plugin.cli import segmentation as segmentation_cli
 
     parser = _parser()
-    args = parser.parse_args(phantom_cli.rewrite_phantom_cohort(
-        sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(segmentation_cli.rewrite_evaluate_segmentation(
+        phantom_cli.rewrite_phantom_cohort(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # the libraries' per-object INFO lines drown the node's own
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     from plugin.cli import evaluate as evaluate_cli
 
     evaluate_cli.add_parser(sub)
+    from plugin.cli import segmentation as segmentation_cli
+
+    segmentation_cli.add_evaluate_parser(sub)
     from plugin.cli import inspect as inspect_cli
 
     inspect_cli.add_parser(sub)
@@ -273,39 +277,12 @@ def _models(args: argparse.Namespace) -> int:
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="train a model family and write a bundle")
     families = p.add_subparsers(title="family", metavar="FAMILY")
-    seg = families.add_parser("segmentation", help="liver + tumour 3-D UNet on phantoms")
-    seg.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    seg.add_argument("--cases", type=int, default=40, help="training phantoms")
-    seg.add_argument("--steps", type=int, default=3000)
-    seg.add_argument("--necrosis-probability", type=float, default=0.8,
-                     help="share of large training lesions with a necrotic part")
-    seg.add_argument("--seed", type=int, default=0)
-    seg.add_argument("--validation-cases", type=int, default=4)
-    seg.set_defaults(func=_train_segmentation)
+    from plugin.cli import segmentation as segmentation_cli
+
+    segmentation_cli.add_train_parser(families)
     from plugin.cli import train as train_cli
 
     train_cli.add_parsers(families)
-
-
-def _train_segmentation(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
-
-    from plugin.research.training import train_segmentation_bundle
-
-    with Progress(console=console) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def progress(what: str, done: int, total: int) -> None:
-            bar.update(task, description=what, completed=done, total=total)
-
-        out = train_segmentation_bundle(args.out, cases=args.cases, steps=args.steps,
-                                        seed=args.seed, validation_cases=args.validation_cases,
-                                        necrosis_probability=args.necrosis_probability,
-                                        progress=progress)
-    console.print(f"bundle written to {out}")
-    metrics = json.loads((out / "training.json").read_text())["metrics"]
-    console.print_json(json.dumps(metrics))
-    return 0
 
 
 def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

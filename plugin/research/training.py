@@ -198,3 +198,193 @@ def _write_bundle_toml(out_dir: Path, record: dict[str, Any], metrics: dict[str,
         lines.append("metrics = { " + ", ".join(
             f"{k} = {json.dumps(v)}" for k, v in metrics.items()) + " }")
     (out_dir / "bundle.toml").write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------ any-phase bundle
+
+ANY_BUNDLE_NAME = "liver-tumour-seg-any"
+ANY_BUNDLE_VERSION = "0.1.0"
+ANY_CHANNEL = "ANY"
+ANY_ALTERNATIVES = ("PVP", "CT_PVP", "AP", "CT_AP", "DP", "CT_DP", "HBP", "PRE", "CT_NC")
+"""What may fill the single channel, preferred first: portal venous (the liver enhances most
+evenly, and it is the commonest follow-up series), then arterial, delayed, hepatobiliary, and
+unenhanced last (least liver-to-neighbour contrast)."""
+
+VALIDATION_SEQUENCES = {"MR": ("PRE", "AP", "PVP", "DP", "HBP"),
+                        "CT": ("CT_NC", "CT_AP", "CT_PVP", "CT_DP")}
+
+
+def any_phase_config(steps: int, seed: int, threads: int) -> Any:
+    """The shipped any-phase recipe: one channel, domain-randomised, partial-label loss."""
+    from inference.training.domain_randomisation import RandomisationConfig
+    from inference.training.segmentation import SegmentationTrainingConfig
+
+    return SegmentationTrainingConfig(steps=steps, seed=seed, threads=threads,
+                                      randomisation=RandomisationConfig(), in_channels=1)
+
+
+def any_phase_cases(count: int, seed: int, necrosis_probability: float,
+                    progress: Callable[[str, int, int], None] | None = None) -> list[Any]:
+    """Training phantoms as tissue maps (half MR, half CT) with added anatomy, each with
+    one intensity table per phase of its modality (a patch draws one phase)."""
+    from inference.training.domain_randomisation import enrich_anatomy
+    from inference.training.segmentation import TrainingCase
+    from plugin.research.phantom_tissues import phase_tables, tissue_map
+
+    cases = []
+    for i, (phantom_seed, spec) in enumerate(
+            phantom_seeds(count, ct_every=2, necrosis_probability=necrosis_probability)):
+        truth = tissue_map(phantom_seed, spec)
+        tissues = enrich_anatomy(truth.tissues, truth.spacing,
+                                 np.random.default_rng([seed, phantom_seed]))
+        cases.append(TrainingCase((), truth.labels, truth.spacing, tissues,
+                                  phase_tables(spec.modality), spec.modality))
+        if progress:
+            progress("phantom anatomy", i + 1, count)
+    return cases
+
+
+def train_any_phase_bundle(out_dir: Path, *, cases: int = 60, steps: int = 1500,
+                           seed: int = 0, threads: int = 2, validation_cases: int = 3,
+                           necrosis_probability: float = TRAIN_NECROSIS_PROBABILITY,
+                           evaluate_studies: Sequence[Path] = (),
+                           progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """Train the single-series bundle on domain-randomised phantoms, export, measure."""
+    from inference.training.onnx_export import export_to_onnx
+    from inference.training.segmentation import train_segmentation
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = any_phase_config(steps, seed, threads)
+    training_cases = any_phase_cases(cases, seed, necrosis_probability, progress)
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if progress:
+            progress(f"training (loss {loss:.3f})", step, total)
+
+    model, summary = train_segmentation(training_cases, config, on_step)
+    del training_cases
+    export_to_onnx(model, 1, config.patch_zyx, out_dir / "model.onnx")
+    command = (f"hepatica train segmentation --phases any --out DIR --cases {cases} "
+               f"--steps {steps} --seed {seed} --necrosis-probability {necrosis_probability} "
+               f"--validation-cases {validation_cases}"
+               + "".join(f" --evaluate-studies {p}" for p in evaluate_studies))
+    record = {"config": asdict(config), "summary": summary, "cases": cases,
+              "seed_base": TRAIN_SEED_BASE, "necrosis_probability": necrosis_probability,
+              "command": command}
+    write_any_bundle_toml(out_dir, record, {})
+    metrics = validate_any_bundle(out_dir, validation_cases, progress)
+    for folder in evaluate_studies:
+        metrics.setdefault("real", []).append(real_study_metrics(out_dir, folder, progress))
+    record["metrics"] = metrics
+    write_any_bundle_toml(out_dir, record, metrics)
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2))
+    return out_dir
+
+
+def validate_any_bundle(bundle_dir: Path, count: int,
+                        progress: Callable[[str, int, int], None] | None = None,
+                        seed_base: int = VALIDATION_SEED_BASE) -> dict[str, Any]:
+    """Dice per phase on held-out MR and CT phantoms (every phase alone), served via ONNX."""
+    from inference.bundle import load_bundle
+    from inference.measurements import measure
+    from inference.runtime import create_session
+    from inference.segmentation import segment
+
+    bundle = load_bundle(bundle_dir)
+    session = create_session(bundle.model_file)
+    per_phase: dict[str, dict[str, list[float]]] = {}
+    errors: list[float] = []
+    phantoms = [(seed_base + 2 * i + k, modality) for i in range(count)
+                for k, modality in enumerate(("MR", "CT"))]
+    for done, (phantom_seed, modality) in enumerate(phantoms, start=1):
+        phantom = make_phantom(phantom_seed, PhantomSpec(
+            modality=modality, sequences=VALIDATION_SEQUENCES[modality]))
+        for phase, volume in phantom.phases.items():
+            result = segment(bundle, session, [volume], phantom.spacing)
+            scores = per_phase.setdefault(phase, {"liver": [], "tumour": []})
+            scores["liver"].append(dice(result.labels > 0, phantom.labels > 0))
+            scores["tumour"].append(dice(result.labels == 2, phantom.labels == 2))
+            errors += _diameter_errors(phantom, measure(result.labels, phantom.spacing).lesions)
+        if progress:
+            progress("validation", done, len(phantoms))
+    liver = [v for s in per_phase.values() for v in s["liver"]]
+    tumour = [v for s in per_phase.values() for v in s["tumour"]]
+    return {"validation": f"{len(phantoms)} held-out phantoms (seeds {seed_base}–"
+                          f"{seed_base + len(phantoms) - 1}, MR and CT alternating), each "
+                          "phase segmented alone",
+            "dice_liver_mean": round(float(np.mean(liver)), 4),
+            "dice_liver_min": round(float(np.min(liver)), 4),
+            "dice_tumour_mean": round(float(np.mean(tumour)), 4),
+            "dice_tumour_min": round(float(np.min(tumour)), 4),
+            "diameter_abs_error_mm_mean": round(float(np.mean(errors)) if errors else -1.0, 2),
+            "diameter_abs_error_mm_max": round(float(np.max(errors)) if errors else -1.0, 2),
+            "per_phase": {phase: {"dice_liver": round(float(np.mean(s["liver"])), 4),
+                                  "dice_tumour": round(float(np.mean(s["tumour"])), 4)}
+                          for phase, s in per_phase.items()}}
+
+
+def real_study_metrics(bundle_dir: Path, folder: Path,
+                       progress: Callable[[str, int, int], None] | None = None
+                       ) -> dict[str, Any]:
+    """Liver/tumour Dice on real annotated studies (reader SEG/RTSTRUCT) under ``folder``."""
+    from inference.bundle import load_bundle
+    from plugin.research.annotated_studies import load_annotated_studies
+    from plugin.research.segmentation_evaluation import evaluate_studies
+
+    bundle = load_bundle(bundle_dir)
+    studies, skipped = load_annotated_studies(folder, bundle.inputs)
+    result = evaluate_studies(bundle, studies, skipped, progress)
+    rows = result["studies"]
+    return {"source": str(folder), "studies": len(rows), "skipped": len(skipped),
+            "inputs": [f"{r['modality']} {'+'.join(r['phases'])} {r['slices']} slices"
+                       for r in rows],
+            "dice_liver": [r["dice_liver"] for r in rows if r["dice_liver"] is not None],
+            "hd95_liver_mm": [r["hd95_liver_mm"] for r in rows
+                              if r["hd95_liver_mm"] is not None],
+            "dice_tumour": [r["dice_tumour"] for r in rows if r["dice_tumour"] is not None]}
+
+
+def write_any_bundle_toml(out_dir: Path, record: dict[str, Any],
+                          metrics: dict[str, Any]) -> Path:
+    """bundle.toml of the any-phase bundle (``[inputs.alternatives]`` names the phases)."""
+    from inference.training.response_bundle import write_bundle_toml
+
+    config = record["config"]
+    randomisation = config["randomisation"] or {}
+    training: dict[str, Any] = {
+        "data": f"{record['cases']} synthetic phantom studies as tissue maps (hepatica phantom "
+                f"seeds {record['seed_base']}–{record['seed_base'] + record['cases'] - 1}, "
+                f"MR and CT alternating, necrosis probability {record['necrosis_probability']}"
+                "), subcutaneous fat, ribs, bowel and stomach added; every patch re-drawn "
+                "with one random phase's intensities or random ones (SynthSeg-style domain "
+                "randomisation); NO patient data — measure on site data (hepatica evaluate "
+                "segmentation) before any research use",
+        "command": record["command"],
+        "seed": config["seed"],
+        "steps": config["steps"],
+        "final_loss": round(float(record["summary"]["final_loss"]), 4),
+        "train_seconds": round(float(record["summary"]["train_seconds"])),
+        "network": {"channels": list(config["channels"]), "strides": list(config["strides"]),
+                    "num_res_units": config["num_res_units"]},
+        "randomisation": {k: list(v) if isinstance(v, tuple | list) else v
+                          for k, v in randomisation.items()},
+    }
+    if metrics:
+        training["metrics"] = metrics
+    document = {
+        "name": ANY_BUNDLE_NAME, "version": ANY_BUNDLE_VERSION, "family": "segmentation",
+        "intended_use": "RESEARCH USE ONLY — not for diagnostic use. Liver and liver-tumour "
+                        "segmentation from one series of any contrast phase (or unenhanced), "
+                        "CT or MR, when a study lacks what a multi-phase bundle needs.",
+        "description": "MONAI 3-D UNet, 1 input channel (one series: portal venous preferred, "
+                       "see inputs.alternatives), outputs background/liver/tumour logits.",
+        "model_file": "model.onnx",
+        "inputs": {"phases": [ANY_CHANNEL], "alternatives": {ANY_CHANNEL: list(ANY_ALTERNATIVES)}},
+        "preprocessing": {"spacing_mm": list(config["spacing_xyz"]),
+                          "normalisation": "robust_scale",
+                          "patch_size": list(config["patch_zyx"])},
+        "outputs": {"labels": list(config["classes"]), "output_activation": "logits"},
+        "thresholds": {"min_lesion_ml": 0.2, "organ_margin_mm": 5.0},
+        "training": training,
+    }
+    return write_bundle_toml(out_dir, document)
