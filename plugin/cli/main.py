@@ -307,10 +307,19 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="DCMTK storescu → hepatica serve → DCMTK storescp on loopback: ingest "
+                        "rate against storescp, last image → results in the archive, steps")
+    p.add_argument("--stable-seconds", type=float, default=None,
+                   help="with --end-to-end: the node's quiet period (default: its default)")
+    p.add_argument("--results-dir", type=Path, default=Path("tests/benchmarks/results"),
+                   help="with --end-to-end: where the figures are kept with the machine")
     p.set_defaults(func=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.end_to_end:
+        return _bench_end_to_end(args)
     from plugin.cli.bench import bench_pipeline
 
     with console.status("benchmarking…") as status:
@@ -325,6 +334,33 @@ def _bench(args: argparse.Namespace) -> int:
     for step, seconds in medians.items():
         table.add_row(step, f"{seconds:.3f}", f"{ratios[step]:.1f}")
     console.print(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _bench_end_to_end(args: argparse.Namespace) -> int:
+    from plugin.cli.bench_e2e import bench_end_to_end, write_result
+
+    with console.status("benchmarking end to end…") as status:
+        report = bench_end_to_end(args.runs, args.seed, args.stable_seconds,
+                                  progress=lambda what: status.update(what))
+    median = report["median"]
+    table = Table(title=f"end to end on loopback, median of {args.runs} runs "
+                        f"(reference workload {report['reference_seconds']:.3f} s)")
+    for column in ("figure", "value", "× reference"):
+        table.add_column(column, justify="right")
+    table.add_row("storescp images/s", f"{median['storescp_images_per_s']:.0f}", "")
+    table.add_row("hepatica images/s", f"{median['node_images_per_s']:.0f}",
+                  f"ingest ratio {median['ingest_ratio']:.2f}")
+    table.add_row("last image → results (s)", f"{median['last_ack_to_results_s']:.1f}",
+                  f"{report['last_ack_to_results_x_reference']:.0f}")
+    for step, seconds in report["step_median_seconds"].items():
+        table.add_row(f"step {step} (s)", f"{seconds:.2f}",
+                      f"{report['step_x_reference'][step]:.1f}")
+    console.print(table)
+    path = write_result(report, args.results_dir)
+    console.print(f"figures kept in {path}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
