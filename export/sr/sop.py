@@ -149,12 +149,16 @@ def wrap_report(groups: Sequence[Any], source_images: Sequence[Dataset],
 
 def _algorithms(algorithm: AlgorithmInfo, others: Sequence[AlgorithmInfo],
                 groups: Sequence[Any]) -> list[AlgorithmInfo]:
-    """Every algorithm of the report once: the given ones, then those only groups name."""
+    """Every algorithm of the report once: the given ones, then those only groups name.
+
+    Only groups with a measurement count: a "not run" group names a model that made nothing.
+    """
     found = [algorithm, *others]
     for group in groups:
+        content = group[0].ContentSequence
         text = {item.ConceptNameCodeSequence[0].CodeValue: str(item.TextValue)
-                for item in group[0].ContentSequence if item.ValueType == "TEXT"}
-        if _ALGORITHM_NAME in text:
+                for item in content if item.ValueType == "TEXT"}
+        if _ALGORITHM_NAME in text and any(item.ValueType == "NUM" for item in content):
             found.append(AlgorithmInfo(text[_ALGORITHM_NAME], text.get(_ALGORITHM_VERSION, ""),
                                        family=""))
     unique: dict[tuple[str, str], AlgorithmInfo] = {}

@@ -42,6 +42,7 @@ from export.sr.response_models import response_model_groups
 MODEL = replace(ALGORITHM, model_digest="5e" * 32)
 KINDS = ("seg", "sr", "partial", "sc")
 RESPONSE_MODEL = "hepatica-radiomics-pd-ct"
+NOT_RUN = AlgorithmInfo("hepatica-nomogram-pd", "0.1.0", "response")
 # a liver outline on slice 2 (inside the conftest liver box), closed by the builder
 OUTLINE = [(2.0, 10.0, 8.0), (2.0, 10.0, 51.0), (2.0, 49.0, 51.0), (2.0, 49.0, 8.0)]
 
@@ -98,7 +99,7 @@ def _partial(sources: list[Dataset]) -> hd.sr.Comprehensive3DSR:
     study = str(sources[0].StudyInstanceUID)
     ident = ResultIdentity.derive(study, "0.1.0", "sr", 902)
     return build_report_without_segmentation(
-        sources, not_run=[MODEL], series_instance_uid=ident.series_instance_uid,
+        sources, not_run=[MODEL, NOT_RUN], series_instance_uid=ident.series_instance_uid,
         sop_instance_uid=ident.sop_instance_uid, series_number=902, algorithm=MODEL,
         software_versions=SOFTWARE_VERSIONS,
         extra_text=[("Segmentation", "not run: no portal-venous series")],
@@ -182,7 +183,8 @@ def test_sr_observer_is_the_contributing_device(written: dict[str, Path]) -> Non
 
 
 def test_sr_names_every_algorithm(written: dict[str, Path]) -> None:
-    """The response model that made a group has its own Contributing Equipment item."""
+    """The response model that made a group has its own Contributing Equipment item; a
+    model that did not run (partial report) has none."""
     for kind in ("sr", "partial"):
         ds = _read(written, kind)
         models = {(e.ManufacturerModelName, e.SoftwareVersions[0])
