@@ -49,6 +49,15 @@ class ListenerConfig:
     host: str = "127.0.0.1"
     port: int = 11112
     allowed_callers: tuple[str, ...] = ()
+    max_associations: int = 32
+    acse_timeout_seconds: float = 30.0
+    idle_timeout_seconds: float = 30.0
+    dimse_timeout_seconds: float = 60.0
+    quarantine_max_megabytes: int = 1024
+    tls_certificate: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_require_client_certificate: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,10 @@ class DestinationConfig:
     retries: int = 3
     backoff_seconds: float = 2.0
     enabled: bool = True
+    tls_certificate: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify_hostname: bool = True
     redeliver_seconds: float = 60.0
     redeliver_max_seconds: float = 900.0
     delivery_attempts: int = 48
@@ -172,12 +185,29 @@ _HELP: dict[str, str] = {
     "listener.host": "Address to listen on; 0.0.0.0 listens on every interface.",
     "listener.port": "TCP port of the storage SCP; 0 picks a free port (tests).",
     "listener.allowed_callers": "Calling AE titles accepted; empty accepts any caller.",
+    "listener.max_associations": (
+        "Open connections served at once (idle ones count until a timeout closes them)."
+    ),
+    "listener.acse_timeout_seconds": "A connection that sends no association request is closed.",
+    "listener.idle_timeout_seconds": "An association silent for this long is closed.",
+    "listener.dimse_timeout_seconds": "Longest wait for the rest of a DIMSE message.",
+    "listener.quarantine_max_megabytes": "Refused input kept for inspection; oldest dropped first.",
+    "listener.tls_certificate": "PEM certificate (chain) of this node; set = the port speaks TLS.",
+    "listener.tls_key": "PEM private key of tls_certificate (keep it readable only by Hepatica).",
+    "listener.tls_ca": "PEM CA bundle that callers' certificates must chain to.",
+    "listener.tls_require_client_certificate": (
+        "true refuses callers without a certificate from tls_ca (mutual TLS)."
+    ),
     "destination.ae_title": "AE title of the archive that receives results.",
     "destination.host": "Host name or address of the archive.",
     "destination.port": "TCP port of the archive.",
     "destination.retries": "Extra send attempts after a failed association (0 = try once).",
     "destination.backoff_seconds": "Wait before the first retry; doubled on each retry.",
     "destination.enabled": "false keeps results on disk only (results_dir) and sends nothing.",
+    "destination.tls_certificate": "PEM client certificate shown to the archive (TLS, optional).",
+    "destination.tls_key": "PEM private key of that certificate.",
+    "destination.tls_ca": "PEM CA bundle the archive's certificate must chain to; set = TLS.",
+    "destination.tls_verify_hostname": "The archive's certificate must name destination.host.",
     "destination.redeliver_seconds": (
         "Results not delivered are kept and sent again after this long; doubled each time."
     ),
@@ -559,12 +589,28 @@ def _no_check(value: object) -> str | None:
     return None
 
 
+def _check_pem_file(value: object) -> str | None:
+    ok = value == "" or (isinstance(value, str) and Path(value).expanduser().is_file())
+    return None if ok else "empty, or the path of an existing PEM file"
+
+
 _PORT = _int_range(0, 65535, "an integer from 0 to 65535 (0 picks a free port)")
 _CHECKS: dict[str, Callable[[object], str | None]] = {
     "listener.ae_title": _check_ae,
     "listener.host": _check_host,
     "listener.port": _PORT,
     "listener.allowed_callers": _check_callers,
+    "listener.max_associations": _int_range(1, 1000, "an integer from 1 to 1000"),
+    "listener.acse_timeout_seconds": _positive,
+    "listener.idle_timeout_seconds": _positive,
+    "listener.dimse_timeout_seconds": _positive,
+    "listener.quarantine_max_megabytes": _int_range(0, None, "an integer of at least 0"),
+    "listener.tls_certificate": _check_pem_file,
+    "listener.tls_key": _check_pem_file,
+    "listener.tls_ca": _check_pem_file,
+    "destination.tls_certificate": _check_pem_file,
+    "destination.tls_key": _check_pem_file,
+    "destination.tls_ca": _check_pem_file,
     "destination.ae_title": _check_ae,
     "destination.host": _check_host,
     "destination.port": _PORT,

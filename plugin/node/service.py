@@ -13,6 +13,7 @@ import errno
 import logging
 import sqlite3
 from contextlib import suppress
+from pathlib import Path
 
 from dicom_io.listener import ListenerSettings, StorageSCP
 from dicom_io.privacy import hash_identifier
@@ -91,6 +92,21 @@ class HepaticaService:
 
 
 def _listener_settings(config: HepaticaConfig) -> ListenerSettings:
+    """The SCP's settings: limits, timeouts, and TLS when a certificate is configured."""
+    from dicom_io.tls import TlsSettings
+
     listener = config.listener
-    return ListenerSettings(listener.ae_title, listener.host, listener.port,
-                            listener.allowed_callers)
+    tls = None
+    if listener.tls_certificate:
+        tls = TlsSettings(Path(listener.tls_certificate),
+                          Path(listener.tls_key) if listener.tls_key else None,
+                          Path(listener.tls_ca) if listener.tls_ca else None,
+                          require_client_certificate=listener.tls_require_client_certificate)
+    return ListenerSettings(
+        listener.ae_title, listener.host, listener.port, listener.allowed_callers,
+        max_associations=listener.max_associations,
+        acse_timeout_s=listener.acse_timeout_seconds,
+        idle_timeout_s=listener.idle_timeout_seconds,
+        dimse_timeout_s=listener.dimse_timeout_seconds,
+        quarantine_max_bytes=listener.quarantine_max_megabytes * 1024 * 1024,
+        tls=tls)
