@@ -62,11 +62,15 @@ def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def model_sha256(bundle: Bundle) -> str:
+    """SHA-256 of the bundle's model file (the weights; IHE AIR Device UIDs derive from it)."""
+    stat = bundle.model_file.stat()
+    return _file_digest(bundle.model_file, stat.st_size, stat.st_mtime_ns)
+
+
 def bundle_digest(bundle: Bundle) -> str:
     """Name, version and the hash of the model file: a retrained model changes it."""
-    stat = bundle.model_file.stat()
-    return (f"{bundle.name}-{bundle.version}-"
-            f"{_file_digest(bundle.model_file, stat.st_size, stat.st_mtime_ns)[:16]}")
+    return f"{bundle.name}-{bundle.version}-{model_sha256(bundle)[:16]}"
 
 
 def pipeline_version(bundles: Bundle | Iterable[Bundle]) -> str:

@@ -27,7 +27,12 @@ from inference.measurements import StudyMeasurements
 from inference.segmentation import SegmentationResult
 from plugin import __version__
 from plugin.pipeline.context import PipelineError, StudyContext
-from plugin.pipeline.models import bundle_digest, content_version
+from plugin.pipeline.models import (
+    bundle_digest,
+    content_version,
+    installed_bundles,
+    model_sha256,
+)
 from plugin.pipeline.prediction import response_sr_parts
 
 log = logging.getLogger(__name__)
@@ -50,7 +55,16 @@ def software_versions(bundle: Bundle) -> str:
 
 
 def _algorithm(bundle: Bundle) -> AlgorithmInfo:
-    return AlgorithmInfo(name=bundle.name, version=bundle.version, family=bundle.family)
+    """The model's identity for IHE AIR; its Device UID follows the weights' hash."""
+    return AlgorithmInfo(name=bundle.name, version=bundle.version, family=bundle.family,
+                         model_digest=model_sha256(bundle))
+
+
+def _prediction_algorithms(ctx: StudyContext) -> list[AlgorithmInfo]:
+    """The response models that predicted, as contributing equipment of the SR."""
+    bundles = {(b.name, b.version): b for b in installed_bundles(ctx.settings.bundle_dirs)}
+    return [_algorithm(bundles[(o.name, o.version)]) for o in ctx.predictions
+            if o.prediction is not None and (o.name, o.version) in bundles]
 
 
 def _instances(datasets: Sequence[Dataset]) -> str:
@@ -100,9 +114,10 @@ def _full_report(ctx: StudyContext) -> list[Path]:
         series_number=sr_id.series_number, algorithm=algorithm, software_versions=software,
         extra_text=[*provenance_text(ctx), *ctx.roi.text(), *notes,
                     *(recist.text() if recist else [])],
-        extra_groups=[*groups, *(recist.groups(seg_ds) if recist else [])])
+        extra_groups=[*groups, *(recist.groups(seg_ds) if recist else [])],
+        other_algorithms=_prediction_algorithms(ctx))
     files.append(_save(sr_ds, ctx.out_dir / "sr.dcm"))
-    files += _heatmaps(ctx, version, base + 3, software)
+    files += _heatmaps(ctx, version, base + 3, software, algorithm)
     return files
 
 
@@ -125,8 +140,8 @@ def _lesion_label_map(seg: SegmentationResult, measurements: StudyMeasurements
     return measurements.lesion_labels
 
 
-def _heatmaps(ctx: StudyContext, version: str, series_number: int, software: str
-              ) -> list[Path]:
+def _heatmaps(ctx: StudyContext, version: str, series_number: int, software: str,
+              algorithm: AlgorithmInfo) -> list[Path]:
     assert ctx.segmentation is not None and ctx.measurements is not None
     assert ctx.inputs is not None
     seg, measurements = ctx.segmentation, ctx.measurements
@@ -141,7 +156,7 @@ def _heatmaps(ctx: StudyContext, version: str, series_number: int, software: str
             volume.array[z], seg.tumour_probability[z], source_image=source, phase_label=phase,
             caption_lines=caption, series_instance_uid=ident.series_instance_uid,
             sop_instance_uid=ident.sop_instance_uid, series_number=series_number,
-            instance_number=number, software_versions=software)
+            instance_number=number, software_versions=software, algorithm=algorithm)
         files.append(_save(image, ctx.out_dir / f"heatmap_{number:02d}_{phase}.dcm"))
     return files
 
