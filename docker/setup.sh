@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # HEPATICA_SYSTEM_TOOLS: "path:package" pairs; images override it to install less.
-tools=${HEPATICA_SYSTEM_TOOLS-/usr/bin/storescp:dcmtk /usr/bin/dciodvfy:dicom3tools /usr/bin/chromium:chromium /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancPython.so:orthanc-python /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml /usr/bin/java:default-jre-headless /usr/share/java/pixelmed.jar:libpixelmed-java /usr/bin/ojph_compress:openjph-tools}
+tools=${HEPATICA_SYSTEM_TOOLS-/usr/bin/storescp:dcmtk /usr/bin/dciodvfy:dicom3tools /usr/bin/chromium:chromium /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancPython.so:orthanc-python /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml /usr/bin/java:default-jre-headless /usr/share/java/pixelmed.jar:libpixelmed-java /usr/bin/ojph_compress:openjph-tools /usr/bin/redis-server:redis-server}
 need_apt=()
 for tool in $tools; do
   [ -e "${tool%%:*}" ] || need_apt+=("${tool##*:}")
@@ -21,7 +21,7 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # HEPATICA_EXTRAS: pip extras; images set it empty (serving needs no torch).
-extras=${HEPATICA_EXTRAS-train,evaluate,dev}
+extras=${HEPATICA_EXTRAS-train,evaluate,scale,dev}
 .venv/bin/pip install -q --upgrade pip
 # torch first and pinned: the CPU build; a looser request would pull GBs of CUDA wheels
 case ",$extras," in *,train,*) .venv/bin/pip install -q "torch==2.13.0" ;; esac
