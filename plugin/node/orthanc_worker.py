@@ -172,16 +172,14 @@ class OrthancInbox:
         return count
 
 
-@dataclass
 class OrthancOutbox:
     """``POST /instances`` each result; Orthanc files them under the source study."""
 
-    client: OrthancClient
-    timing_key: str = "upload"
-    name: str = ""
+    timing_key = "upload"
 
-    def __post_init__(self) -> None:
-        self.name = self.name or f"Orthanc {self.client.url}"
+    def __init__(self, client: OrthancClient) -> None:
+        self.client = client
+        self.name = f"Orthanc {client.url}"
 
     def deliver(self, files: Sequence[Path], acknowledged: Acknowledge) -> None:
         for path in files:

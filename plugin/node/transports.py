@@ -45,10 +45,10 @@ class DimseOutbox:
     retries: int
     backoff_s: float
     timing_key: str = "send"
-    name: str = ""
 
-    def __post_init__(self) -> None:
-        self.name = self.name or f"{self.peer.ae_title}@{self.peer.host}:{self.peer.port}"
+    @property
+    def name(self) -> str:
+        return f"{self.peer.ae_title}@{self.peer.host}:{self.peer.port}"
 
     def deliver(self, files: Sequence[Path], acknowledged: Acknowledge) -> None:
         report = send_files(files, self.peer, retries=self.retries, backoff_s=self.backoff_s)

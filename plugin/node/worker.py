@@ -75,8 +75,13 @@ class Inbox(Protocol):
 class Outbox(Protocol):
     """Where results go. ``deliver`` raises when any file was not taken."""
 
-    name: str
-    timing_key: str
+    @property
+    def name(self) -> str:
+        """The destination, for messages."""
+
+    @property
+    def timing_key(self) -> str:
+        """Name under which the delivery time is recorded."""
 
     def deliver(self, files: Sequence[Path], acknowledged: Acknowledge) -> None:
         """Send ``files``; call ``acknowledged`` with those the destination took."""
