@@ -43,6 +43,7 @@ __all__ = [
 QUARANTINE_DIR = "_quarantine"
 DEFAULT_QUARANTINE_MAX_BYTES = 1 << 30  # 1 GiB: room for a few refused studies
 _LOCK_STRIPES = 64
+_RESCAN_EVERY = 200_000  # SOP UID index rebuilt from disk after this many new instances
 # UIDs are checked by dicom_io.uids (PS3.5 9.1 grammar) before they name a folder or file.
 _PREAMBLE_END = 128
 
@@ -206,6 +207,7 @@ class Spool:
         self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._index_lock = threading.Lock()
         self._index: dict[str, Path] | None = None
+        self._added_since_scan = 0
         self._quarantine_lock = threading.Lock()
 
     def study_dir(self, study_uid: str) -> Path:
@@ -281,8 +283,10 @@ class Spool:
 
     def _remember(self, sop_uid: str, path: Path) -> None:
         with self._index_lock:
-            if self._index is None:
-                self._index = self._scan()
+            self._added_since_scan += 1
+            if self._index is None or self._added_since_scan > _RESCAN_EVERY:
+                # studies removed after processing leave stale entries: start again from disk
+                self._index, self._added_since_scan = self._scan(), 0
             self._index[sop_uid] = path
 
     def _scan(self) -> dict[str, Path]:
