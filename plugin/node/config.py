@@ -24,6 +24,7 @@ from typing import Any, get_type_hints
 __all__ = [
     "CONFIG_ENV_VAR",
     "ENV_PREFIX",
+    "CeleryConfig",
     "ConfigError",
     "DestinationConfig",
     "HepaticaConfig",
@@ -31,6 +32,7 @@ __all__ = [
     "OrthancConfig",
     "PipelineConfig",
     "PriorsConfig",
+    "StatusConfig",
     "default_config_toml",
     "env_var_name",
     "load_config",
@@ -77,6 +79,11 @@ class DestinationConfig:
     redeliver_seconds: float = 60.0
     redeliver_max_seconds: float = 900.0
     delivery_attempts: int = 48
+    kind: str = "c-store"
+    url: str = ""
+    username: str = ""
+    password: str = ""
+    timeout_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,32 @@ class OrthancConfig:
 
 
 @dataclass(frozen=True)
+class StatusConfig:
+    """The node's read-only HTTP side: Prometheus ``/metrics`` and the status page.
+
+    Loopback by default; any other address needs a user and password (basic auth), and the
+    client's address must be in ``allowed_clients`` (the same rule a REST route obeys).
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8470
+    username: str = ""
+    password: str = ""
+    allowed_clients: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+
+
+@dataclass(frozen=True)
+class CeleryConfig:
+    """Several workers on one Redis-brokered Celery queue (docs/scale_out.md)."""
+
+    url: str = ""
+    queue: str = "hepatica"
+    visibility_timeout_seconds: float = 3600.0
+    lock_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class HepaticaConfig:
     """The whole configuration; derived locations hang off ``data_dir``."""
 
@@ -141,6 +174,8 @@ class HepaticaConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     orthanc: OrthancConfig = field(default_factory=OrthancConfig)
     priors: PriorsConfig = field(default_factory=PriorsConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    celery: CeleryConfig = field(default_factory=CeleryConfig)
     data_dir: Path = Path("hepatica-data")
 
     @property
@@ -175,6 +210,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "pipeline": PipelineConfig,
     "orthanc": OrthancConfig,
     "priors": PriorsConfig,
+    "status": StatusConfig,
+    "celery": CeleryConfig,
 }
 _TOP_LEVEL_KEYS = ("data_dir",)
 
@@ -214,6 +251,31 @@ _HELP: dict[str, str] = {
     "destination.redeliver_max_seconds": "The longest wait between two deliveries.",
     "destination.delivery_attempts": (
         "Deliveries before results are left 'unsent' for `hepatica resend`; 0 = never stop."
+    ),
+    "destination.kind": (
+        "c-store (DIMSE to ae_title@host:port), stow-rs (DICOMweb at url) or orthanc-rest (url)."
+    ),
+    "destination.url": (
+        "stow-rs: the DICOMweb root (…/dicom-web); orthanc-rest: Orthanc's REST API."
+    ),
+    "destination.username": "HTTP basic-auth user for stow-rs / orthanc-rest; empty = no auth.",
+    "destination.password": "Its password; prefer the environment variable to writing it here.",
+    "destination.timeout_seconds": "Timeout of one HTTP request (stow-rs, orthanc-rest).",
+    "status.enabled": "Serve /metrics (Prometheus) and the read-only status page.",
+    "status.host": "Address of that HTTP server; other than loopback needs username/password.",
+    "status.port": "Its TCP port; 0 picks a free port (tests).",
+    "status.username": "HTTP basic-auth user for /metrics and the status page; empty = none.",
+    "status.password": "Its password; prefer the environment variable to writing it here.",
+    "status.allowed_clients": "Client addresses or networks (CIDR) allowed; empty = any.",
+    "celery.url": (
+        "Redis broker of the Celery queue (redis://host:6379/0); set = jobs go to workers."
+    ),
+    "celery.queue": "Celery queue name the node sends to and the workers consume.",
+    "celery.visibility_timeout_seconds": (
+        "A job not acknowledged this long (its worker died) goes to another worker."
+    ),
+    "celery.lock_seconds": (
+        "Expiry of a study's lock, renewed while its job runs; a dead worker's lapses."
     ),
     "pipeline.stable_seconds": "A study is complete when no new instance came for this long.",
     "pipeline.workers": "Number of jobs run in parallel.",
@@ -384,7 +446,36 @@ def _build(raw: Mapping[str, _Raw]) -> HepaticaConfig:
     """Convert and validate every value present; absent keys keep their defaults."""
     sections = {name: _build_section(name, cls, raw) for name, cls in _SECTIONS.items()}
     data_dir = _convert("data_dir", Path, raw.get("data_dir"), Path("hepatica-data"))
-    return HepaticaConfig(data_dir=data_dir, **sections)
+    config = HepaticaConfig(data_dir=data_dir, **sections)
+    _check_together(config, raw)
+    return config
+
+
+def _check_together(config: HepaticaConfig, raw: Mapping[str, _Raw]) -> None:
+    """Rules between keys: an HTTP destination needs its URL; a status server reachable from
+    other machines needs credentials (metrics and job states are not for anyone)."""
+    d, s = config.destination, config.status
+    if d.kind != "c-store" and not d.url:
+        source = raw["destination.kind"].source if "destination.kind" in raw else "defaults"
+        raise ConfigError(f"destination.kind = {d.kind!r} (from {source}) needs destination.url "
+                          "(the DICOMweb root or Orthanc's REST API)", key="destination.url",
+                          source=source)
+    if s.enabled and not _is_loopback(s.host) and not (s.username and s.password):
+        source = raw["status.host"].source if "status.host" in raw else "defaults"
+        raise ConfigError(f"status.host = {s.host!r} (from {source}) is reachable from other "
+                          "machines: set status.username and status.password (or "
+                          "HEPATICA_STATUS__PASSWORD)", key="status.host", source=source)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _build_section(name: str, cls: type[Any], raw: Mapping[str, _Raw]) -> Any:
@@ -589,6 +680,33 @@ def _no_check(value: object) -> str | None:
     return None
 
 
+def _check_optional_url(value: object) -> str | None:
+    return None if value == "" else _check_url(value)
+
+
+def _check_redis_url(value: object) -> str | None:
+    ok = value == "" or (isinstance(value, str) and value.partition("://")[0] in _REDIS_SCHEMES
+                         and value.partition("://")[2].strip("/") != "")
+    return None if ok else "empty, or a redis:// (rediss://, celery://) URL with a host"
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "celery")
+DESTINATION_KINDS = ("c-store", "stow-rs", "orthanc-rest")
+
+
+def _check_networks(value: object) -> str | None:
+    import ipaddress
+
+    if not isinstance(value, tuple):
+        return "a list of addresses or CIDR networks"
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"a list of addresses or CIDR networks (bad: {item!r})"
+    return None
+
+
 def _check_pem_file(value: object) -> str | None:
     ok = value == "" or (isinstance(value, str) and Path(value).expanduser().is_file())
     return None if ok else "empty, or the path of an existing PEM file"
@@ -619,6 +737,17 @@ _CHECKS: dict[str, Callable[[object], str | None]] = {
     "destination.redeliver_seconds": _positive,
     "destination.redeliver_max_seconds": _positive,
     "destination.delivery_attempts": _int_range(0, None, "an integer of at least 0"),
+    "destination.kind": lambda v: None if v in DESTINATION_KINDS else " or ".join(
+        DESTINATION_KINDS),
+    "destination.url": _check_optional_url,
+    "destination.timeout_seconds": _positive,
+    "status.host": _check_host,
+    "status.port": _PORT,
+    "status.allowed_clients": _check_networks,
+    "celery.url": _check_redis_url,
+    "celery.queue": lambda v: None if isinstance(v, str) and v.strip() else "a non-empty name",
+    "celery.visibility_timeout_seconds": _positive,
+    "celery.lock_seconds": _positive,
     "pipeline.stable_seconds": _positive,
     "pipeline.workers": _int_range(1, None, "an integer of at least 1"),
     "pipeline.max_attempts": _int_range(1, None, "an integer of at least 1"),
