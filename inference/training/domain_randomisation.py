@@ -11,7 +11,8 @@ elastic deformation (size, shape and position of the anatomy vary). What the net
 to learn is shape and context, which is what real abdomens share with phantoms.
 
 ``enrich_anatomy`` adds what the phantom lacks and real abdomens have in every slice:
-subcutaneous fat, ribs, gas- and fluid-filled bowel and a stomach. Real images (a site's
+subcutaneous fat, ribs, gas- and fluid-filled bowel, a stomach and the lung bases behind the
+liver dome. Real images (a site's
 studies) have no tissue map: ``sample_image_patch`` applies the geometric and intensity parts
 to their normalised channels.
 
@@ -48,12 +49,13 @@ CodeArray = npt.NDArray[np.uint8]
 TISSUES = ("air", "fat", "muscle", "bone", "liver", "spleen", "kidney", "aorta", "portal",
            "hepatic_vein", "ivc", "tumour", "necrosis", "portal_in_liver",
            "hepatic_vein_in_liver", "subcutaneous_fat", "rib", "bowel_gas", "bowel_fluid",
-           "bowel_wall", "stomach_wall")
+           "bowel_wall", "stomach_wall", "lung")
 """Tissue codes (index = code). The first thirteen are the phantom's own tissues."""
 
 _PHYSICAL_AS = {"portal_in_liver": "portal", "hepatic_vein_in_liver": "hepatic_vein",
                 "subcutaneous_fat": "fat", "rib": "bone", "bowel_gas": "air",
-                "bowel_fluid": "necrosis", "bowel_wall": "muscle", "stomach_wall": "muscle"}
+                "bowel_fluid": "necrosis", "bowel_wall": "muscle", "stomach_wall": "muscle",
+                "lung": "air"}
 """Added tissues take a phantom tissue's physical intensity (fluid looks like necrosis:
 water density on CT, dark on T1); in random mode every code gets its own."""
 
@@ -118,6 +120,7 @@ def enrich_anatomy(tissues: CodeArray, spacing_xyz: Sequence[float],
     fat = out == tissue_code("fat")
     _stomach(out, fat, spacing_zyx, rng)
     _bowel(out, out == tissue_code("fat"), spacing_zyx, rng)
+    _lungs(out, spacing_zyx, rng)
     _ribs(out, spacing_zyx, rng)
     return out
 
@@ -207,6 +210,33 @@ def _bowel(out: CodeArray, fat: npt.NDArray[np.bool_], spacing_zyx: npt.NDArray[
         box, r = _blob(out.shape, spacing_zyx, centre, radii, rng)
         gas = float(rng.choice([0.0, rng.uniform(0.3, 1.0)]))
         _hollow(out, fat, box, r, gas, tissue_code("bowel_wall"))
+
+
+def _lungs(out: CodeArray, spacing_zyx: npt.NDArray[np.float64],
+           rng: np.random.Generator) -> None:
+    """Lung bases: air behind and beside the liver dome in the upper slices (the costophrenic
+    recesses), the darkest large thing on a real upper-abdominal slice."""
+    if rng.random() < 0.25:
+        return
+    body = (out != tissue_code("air")).any(axis=0)
+    ys, xs = np.nonzero(body)
+    if ys.size == 0:
+        return
+    extent = np.array(out.shape) * spacing_zyx
+    cy, cx = ys.mean() * spacing_zyx[1], xs.mean() * spacing_zyx[2]
+    ry = (ys.max() - ys.min()) * spacing_zyx[1] / 2
+    rx = (xs.max() - xs.min()) * spacing_zyx[2] / 2
+    base = extent[0] - float(rng.uniform(15, 100))  # where the lungs end below
+    room = out == tissue_code("fat")  # inside the wall, never over an organ
+    for side in (-1.0, 1.0):
+        radii = np.array([rng.uniform(60, 130), rng.uniform(0.4, 0.6) * ry,
+                          rng.uniform(0.3, 0.45) * rx])
+        centre = np.array([base + radii[0], cy + ry * rng.uniform(0.1, 0.4),
+                           cx + side * rx * rng.uniform(0.35, 0.55)])
+        box, r = _blob(out.shape, spacing_zyx, centre, radii, rng)
+        target = out[box]
+        target[(r < 1.0) & room[box]] = tissue_code("lung")
+        out[box] = target
 
 
 def _ribs(out: CodeArray, spacing_zyx: npt.NDArray[np.float64],

@@ -116,8 +116,10 @@ def _prepare_randomised(case: TrainingCase, config: SegmentationTrainingConfig) 
         image = prepare_channels(case.channels, case.spacing_xyz, config.spacing_xyz)
         body = image[0] > 0.1
     organ = (labels == 1) | (labels == dr.ORGAN)
-    return _Prepared(image, labels, np.argwhere(labels == 2)[::5], np.argwhere(body)[::50],
-                     np.argwhere(organ)[::20], tissues, case.tables, case.modality,
+    pools = np.argwhere(labels == 2)[::5], np.argwhere(body)[::50], np.argwhere(organ)[::20]
+    if tissues is not None:  # labels come from the tissue codes of each patch
+        labels = np.zeros((0, 0, 0), np.int64)
+    return _Prepared(image, labels, *pools, tissues, case.tables, case.modality,
                      counts if counts is not None else np.zeros(0, np.int64))
 
 
