@@ -32,7 +32,8 @@ LABEL_NAMES = {"pd": ("no progressive disease", "progressive disease"),
                "dcb": ("no durable clinical benefit", "durable clinical benefit"),
                "dcr": ("progressive disease", "disease control")}
 PHANTOM_NOTE = ("Trained on synthetic phantoms only (hepatica cohort); not for clinical use. "
-                "A site trains its own with `hepatica train`.")
+                "Retraining reads a cohort folder as `hepatica cohort` writes it; reading a "
+                "site's own DICOM studies is implemented for segmentation only.")
 
 
 def add_parsers(families: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
