@@ -14,11 +14,12 @@ from pathlib import Path
 
 from dicom_io.sender import Peer, SendError, send_files
 from dicom_io.spool import Spool
+from dicom_io.stow import Auth, send_stow
 from plugin.node.config import HepaticaConfig
 from plugin.node.jobs import Job, JobQueue
 from plugin.node.worker import Acknowledge, Outbox
 
-__all__ = ["DimseOutbox", "KeepOutbox", "SpoolInbox", "dicom_outbox"]
+__all__ = ["DimseOutbox", "KeepOutbox", "SpoolInbox", "StowOutbox", "dicom_outbox"]
 
 
 @dataclass
@@ -60,6 +61,37 @@ class DimseOutbox:
 
 
 @dataclass
+class StowOutbox:
+    """STOW-RS to a DICOMweb origin (``dicom_io.stow``): the C-STORE outbox's rules over HTTP.
+
+    Same retries and backoff inside one delivery, the same acknowledgement of what the server
+    took (a retry sends only the rest), and the same idempotency: result UIDs are
+    deterministic, so a re-post replaces rather than doubles.
+    """
+
+    url: str
+    auth: Auth
+    retries: int
+    backoff_s: float
+    timeout_s: float = 120.0
+    timing_key: str = "send"
+
+    @property
+    def name(self) -> str:
+        return f"STOW-RS {self.url}"
+
+    def deliver(self, files: Sequence[Path], acknowledged: Acknowledge) -> None:
+        report = send_stow(files, self.url, retries=self.retries, backoff_s=self.backoff_s,
+                           auth=self.auth, timeout_s=self.timeout_s)
+        refused = {path for path, _ in report.failed}
+        acknowledged([path for path in files if path not in refused])
+        if report.failed:
+            reasons = "; ".join(f"{p.name}: {why}" for p, why in report.failed)
+            raise SendError(f"the DICOMweb server refused {len(report.failed)} result(s): "
+                            f"{reasons}")
+
+
+@dataclass
 class KeepOutbox:
     """``[destination] enabled = false``: results stay in results_dir, nothing is sent."""
 
@@ -75,5 +107,9 @@ def dicom_outbox(config: HepaticaConfig) -> Outbox:
     d = config.destination
     if not d.enabled:
         return KeepOutbox()
+    if d.kind != "c-store":  # stow-rs, orthanc-rest: plugin.node.destinations
+        from plugin.node.destinations import http_outbox
+
+        return http_outbox(config)
     peer = Peer(d.ae_title, d.host, d.port, calling_ae=config.listener.ae_title)
     return DimseOutbox(peer, d.retries, d.backoff_seconds)
