@@ -56,6 +56,7 @@ class PhantomSpec:
     ct_tube_current_ma: float | None = None  # None: the historical fixed noise (200 mA)
     lesion_plan: tuple[float, ...] | None = None  # planned diameters (mm), largest first
     necrotic_fraction: float | None = None  # planned necrotic share of planned lesions
+    tumour_adc: float | None = None  # tumour ADC (x10^-6 mm2/s) on DWI/ADC; None: the table's
     course: LesionCourse | None = None  # a follow-up: how baseline lesions changed
 
     @property

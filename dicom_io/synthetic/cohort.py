@@ -24,7 +24,8 @@ from dicom_io.synthetic import timepoints
 from dicom_io.synthetic.anatomy import PhantomSpec
 
 SCENARIOS = ("immunotherapy", "conversion", "tace", "tki-pd1", "haic")
-_SEQUENCES = {"haic": ("PRE", "AP", "PVP", "DP", "HBP", "T2", "IN", "OPP")}
+_SEQUENCES = {"haic": ("PRE", "AP", "PVP", "DP", "HBP", "T2", "IN", "OPP", "DWI_B800")}
+_IMAGE_SIGNAL = 31  # stream purpose of the image-borne signals added for the deep models
 _MONTHS = {"tace": [0.0, 1.5, 3.0]}  # after the 1st and 2nd TACE; systemic: 2 and 4 months
 _VENDORS = ("siemens", "ge", "philips", "uih")
 Row = dict[str, Any]
@@ -45,14 +46,17 @@ def simulate(patients: int, seed: int, scenario: str = "immunotherapy",
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {SCENARIOS}")
     cfg = effects or load_effects()
-    return [_patient(i, np.random.default_rng([seed, i]), scenario, cfg)
+    return [_patient(i, np.random.default_rng([seed, i]), scenario, cfg,
+                     np.random.default_rng([seed, i, _IMAGE_SIGNAL]))
             for i in range(patients)]
 
 
-def _patient(index: int, rng: np.random.Generator, scenario: str, cfg: dict[str, Any]) -> Row:
+def _patient(index: int, rng: np.random.Generator, scenario: str, cfg: dict[str, Any],
+             signal_rng: np.random.Generator) -> Row:
     row: Row = {"patient_id": f"HCC{index:05d}", "scenario": scenario}
     row.update(_clinical(rng, scenario))
     row.update(_findings(rng, cfg["scenario_mix"][scenario], cfg["image"], row))
+    row.update(_image_signal(signal_rng, cfg.get("image_signal", {})))
     row.update(_staging(row))
     row.update(_outcomes(rng, scenario, cfg, row))
     return row
@@ -119,6 +123,38 @@ def _findings(rng: np.random.Generator, mix: list[float], img: dict[str, Any], r
     }
 
 
+def _image_signal(rng: np.random.Generator, cfg: dict[str, Any]) -> Row:
+    """Image-borne signals drawn from a stream of their own, so adding them left every
+    earlier column of every cohort unchanged."""
+    mean, sd = float(cfg.get("tumour_adc_mean", 1000.0)), float(cfg.get("tumour_adc_sd", 180.0))
+    lo, hi = cfg.get("tumour_adc_range", [600.0, 1500.0])
+    return {"tumour_adc": round(float(np.clip(rng.normal(mean, sd), lo, hi)), 0)}
+
+
+# Terms a scenario may add to the response log-odds ([scenario_response.<scenario>]):
+# each maps a row to the covariate its coefficient multiplies.
+SCENARIO_TERMS: dict[str, Any] = {
+    "intercept": lambda r: 1.0,
+    "tumour_adc_per_100": lambda r: (float(r["tumour_adc"]) - 1000.0) / 100.0,
+    "arterial_enhancement": lambda r: float(r["arterial_enhancement"]) - 1.0,
+    "necrosis": lambda r: float(r["necrosis"]),
+    "albi": lambda r: float(r["albi"]) + 2.6,
+    "log2_ast": lambda r: math.log2(float(r["ast"]) / 50.0),
+    "pvtt": lambda r: float(r["pvtt"]),
+    "extrahepatic_mets": lambda r: float(r["extrahepatic_mets"]),
+}
+
+
+def scenario_terms(cfg: dict[str, Any], scenario: str, row: Row) -> float:
+    """The scenario's extra response log-odds (0 when the effects file has none)."""
+    table = cfg.get("scenario_response", {}).get(scenario, {})
+    unknown = sorted(set(table) - set(SCENARIO_TERMS))
+    if unknown:
+        raise ValueError(f"scenario_response.{scenario}: unknown term(s) {unknown}; "
+                         f"known: {sorted(SCENARIO_TERMS)}")
+    return float(sum(beta * SCENARIO_TERMS[name](row) for name, beta in table.items()))
+
+
 def _staging(row: Row) -> Row:
     """Child-Pugh (bilirubin, albumin, PT, ascites), ALBI grade, BCLC and CNLC stage."""
     points = (1 + (row["bilirubin"] > 34) + (row["bilirubin"] > 50)
@@ -152,7 +188,8 @@ def _outcomes(rng: np.random.Generator, scenario: str, cfg: dict[str, Any], row:
          + beta["peritumoral_enhancement"] * row["peritumoral_enhancement"]
          + beta["regular_margin"] * row["regular_margin"]
          + beta["pvtt"] * row["pvtt"] + beta["extrahepatic_mets"] * row["extrahepatic_mets"]
-         + beta["log2_largest_tumour_per_cm"] * math.log2(row["largest_tumour_mm"] / 10))
+         + beta["log2_largest_tumour_per_cm"] * math.log2(row["largest_tumour_mm"] / 10)
+         + scenario_terms(cfg, scenario, row))
     pd = u < -beta["pd_margin"]
     recist = "PD" if pd else "PR" if u > 0 else "SD"
     m = u + cfg["mrecist_bonus"][scenario]
@@ -190,7 +227,7 @@ COLUMNS = (
     "neutrophils", "lymphocytes", "monocytes", "nlr", "plr", "ascites", "prior_treatment",
     "haic_cycles", "haic_regimen", "pvtt", "extrahepatic_mets", "tumour_number",
     "largest_tumour_mm", "dilated_vasculature", "regular_margin", "peritumoral_enhancement",
-    "necrosis", "arterial_enhancement", "washout", "capsule", "cirrhosis", "vendor",
+    "necrosis", "arterial_enhancement", "washout", "capsule", "cirrhosis", "tumour_adc", "vendor",
     "height_cm", "best_response_recist", "best_response_mrecist", "orr", "dcb", "pd", "dcr",
     "risk_class", "os_months", "os_event", "pfs_months", "pfs_event",
 )
@@ -235,7 +272,9 @@ def patient_spec(row: Row, modality: str, vendor: str | None = None) -> PhantomS
         satellites=0 if row["regular_margin"] else 2,
         peritumoral_enhancement=bool(row["peritumoral_enhancement"]),
         tumour_enhancement=float(row["arterial_enhancement"]), washout=bool(row["washout"]),
-        capsule=bool(row["capsule"]), cirrhosis=bool(row["cirrhosis"]))
+        capsule=bool(row["capsule"]), cirrhosis=bool(row["cirrhosis"]),
+        tumour_adc=float(row["tumour_adc"]) if row.get("tumour_adc") not in (None, "")
+        else None)
 
 
 def write_patient(out_dir: Path, row: Row, seed: int, modality: str, count: int,

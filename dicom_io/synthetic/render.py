@@ -102,6 +102,8 @@ def _values(phase: str, spec: PhantomSpec) -> dict[str, float]:
     if phase in _LATE and not spec.washout:
         for t in ("tumour", "mosaic"):
             values[t] = values["liver"] * 1.04
+    if phase == "ADC" and spec.tumour_adc is not None:
+        values["tumour"] = float(spec.tumour_adc)  # the cohort's planted diffusion signal
     return values
 
 

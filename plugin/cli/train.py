@@ -61,6 +61,9 @@ def add_parsers(families: argparse._SubParsersAction[argparse.ArgumentParser]) -
     nom.add_argument("--clinical", default="afp_response,platelets,dilated_vasculature")
     nom.add_argument("--group", default="", help="variants of one model share a group")
     nom.set_defaults(func=run_cli, kind="nomogram")
+    from plugin.cli import train_deep
+
+    train_deep.add_parsers(families)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from dicom_io.selection import LabelledSeries, NoUsableSeries, SelectedVolume, s
 from dicom_io.volume import Volume, resample_like
 from export.sr.response_models import response_model_groups, response_model_notes
 from inference.bundle import Bundle
+from inference.deep_response import is_image_bundle
 from inference.radiomics import FeatureCache, extract_all, make_tasks, settings_path
 from inference.response import (
     MissingInputs,
@@ -37,6 +38,7 @@ from inference.response import (
 from inference.runtime import create_session
 from plugin.pipeline.clinical import ClinicalInputs, gather_clinical
 from plugin.pipeline.context import StudyContext
+from plugin.pipeline.image_models import run_image_bundle
 from plugin.pipeline.models import installed_bundles
 
 __all__ = ["PredictionInputs", "ResponseOutcome", "ResponseSettings", "predict_step",
@@ -91,6 +93,8 @@ class ResponseOutcome:
     reason: str
     inputs_used: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    explanation: Any = field(default=None, compare=False, repr=False)
+    """Image bundles: the ``plugin.pipeline.image_models.ImageExplanation`` to draw."""
 
     @property
     def probability(self) -> float | None:
@@ -114,6 +118,10 @@ class ResponseOutcome:
         return {"name": self.name, "version": self.version, "group": self.group,
                 "reason": self.reason, "inputs_used": self.inputs_used,
                 "seconds": round(self.seconds, 3),
+                **({} if self.explanation is None else {"explanation": {
+                    "method": self.explanation.method,
+                    "images": [[i.channel, i.reference_z, round(i.weight, 4)]
+                               for i in self.explanation.images]}}),
                 **({} if p is None else {
                     "probability": round(p.probability, 4), "threshold": p.threshold,
                     "positive": p.positive, "label": p.label,
@@ -180,8 +188,32 @@ def _inputs_used(bundle: Bundle, clinical: ClinicalInputs, series: dict[str, str
     return used
 
 
+def _run_image(bundle: Bundle, features: _Features, clinical: ClinicalInputs,
+               settings: Any) -> ResponseOutcome:
+    """An image bundle (``[inputs] kind = "image"``): ``plugin.pipeline.image_models``."""
+    started = time.perf_counter()
+    context = features.context
+    try:
+        prediction, used, explanation = run_image_bundle(
+            bundle, context.labelled, context.reference, context.organ, context.lesion_labels,
+            dict(clinical.values), context.rules, tuple(settings.providers))
+    except MissingInputs as exc:
+        return ResponseOutcome(bundle.name, bundle.version, bundle.group, None,
+                               f"not run: {exc}", seconds=time.perf_counter() - started)
+    except (ValueError, RuntimeError, OSError) as exc:
+        log.warning("image response bundle %s failed: %s", bundle.name, exc)
+        return ResponseOutcome(bundle.name, bundle.version, bundle.group, None,
+                               f"failed: {exc}", seconds=time.perf_counter() - started)
+    for variable in clinical_variables(bundle):
+        used[variable] = f"{clinical.values.get(variable)!s} ({clinical.origin.get(variable, '?')})"
+    return ResponseOutcome(bundle.name, bundle.version, bundle.group, prediction, "predicted",
+                           used, time.perf_counter() - started, explanation)
+
+
 def _run_one(bundle: Bundle, features: _Features, clinical: ClinicalInputs,
              scores: dict[str, float], settings: Any) -> ResponseOutcome:
+    if is_image_bundle(bundle):
+        return _run_image(bundle, features, clinical, settings)
     started = time.perf_counter()
     wanted = str(bundle.radiomics.get("modality", "")).upper()
     if wanted and features.context.modality and wanted != features.context.modality.upper():

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from dicom_io.selection import NoUsableSeries, select_volume
 from dicom_io.volume import Volume, resample_like
 from export.common import RESEARCH_USE_TEXT, AlgorithmInfo, ResultIdentity
+from export.sc.explanation import build_explanation_image
 from export.sc.sop import build_heatmap_image
 from export.seg.sop import build_segmentation
 from export.sr.partial import build_report_without_segmentation
@@ -27,17 +28,19 @@ from inference.measurements import StudyMeasurements
 from inference.segmentation import SegmentationResult
 from plugin import __version__
 from plugin.pipeline.context import PipelineError, StudyContext
+from plugin.pipeline.image_models import ExplanationImage, source_dataset
 from plugin.pipeline.models import (
     bundle_digest,
     content_version,
     installed_bundles,
     model_sha256,
 )
-from plugin.pipeline.prediction import response_sr_parts
+from plugin.pipeline.prediction import ResponseOutcome, response_sr_parts
 
 log = logging.getLogger(__name__)
 
 HEATMAP_PHASES = ("PRE", "AP", "PVP", "DP")
+EXPLANATION_SERIES_OFFSET = 10  # explanation series k of the study: base + 10 + k
 IMAGE_MODALITIES = frozenset({"MR", "CT"})
 
 
@@ -118,7 +121,61 @@ def _full_report(ctx: StudyContext) -> list[Path]:
         other_algorithms=_prediction_algorithms(ctx))
     files.append(_save(sr_ds, ctx.out_dir / "sr.dcm"))
     files += _heatmaps(ctx, version, base + 3, software, algorithm)
+    files += _explanations(ctx, version, base + EXPLANATION_SERIES_OFFSET)
     return files
+
+
+def _explanations(ctx: StudyContext, version: str, first_series: int) -> list[Path]:
+    """One secondary-capture series per image response model that explained its prediction:
+    the explanation map over each slice it points at, the prediction and the model burned in
+    (``export.sc.explanation``)."""
+    assert ctx.inputs is not None
+    explained = sorted((o for o in ctx.predictions if o.explanation is not None
+                        and o.prediction is not None), key=lambda o: o.name)
+    installed = {(b.name, b.version): b for b in installed_bundles(ctx.settings.bundle_dirs)}
+    files: list[Path] = []
+    for k, outcome in enumerate(explained):
+        bundle = installed.get((outcome.name, outcome.version))
+        if bundle is None:
+            continue
+        series = first_series + k
+        model_version = content_version(version, bundle_digest(bundle), json.dumps(
+            {kk: vv for kk, vv in outcome.summary().items() if kk != "seconds"},
+            sort_keys=True, default=str))
+        software = software_versions(bundle)
+        for number, item in enumerate(outcome.explanation.images, start=1):
+            ident = ResultIdentity.derive(ctx.study_uid, model_version,
+                                          f"explanation-{outcome.name}", series, number)
+            image = build_explanation_image(
+                item.background, item.overlay,
+                source_image=source_dataset(ctx.inputs.datasets, item.reference_z),
+                title=f"{outcome.name} {outcome.version}: {outcome.explanation.method} "
+                      f"on {item.channel}",
+                caption_lines=_explanation_caption(outcome, item),
+                algorithm=_algorithm(bundle), method=outcome.explanation.method,
+                series_instance_uid=ident.series_instance_uid,
+                sop_instance_uid=ident.sop_instance_uid, series_number=series,
+                instance_number=number, software_versions=software)
+            files.append(_save(image, ctx.out_dir / f"explanation_{k + 1:02d}_{number:02d}_"
+                                                    f"{_safe(item.channel)}.dcm"))
+    return files
+
+
+def _explanation_caption(outcome: ResponseOutcome, item: ExplanationImage) -> list[str]:
+    p = outcome.prediction
+    assert p is not None
+    labels = outcome.explanation.prediction.labels
+    verdict = p.label if p.positive else (labels[0] if len(labels) == 2 else f"not {p.label}")
+    weight = "attention" if outcome.explanation.method == "grad-cam" else "share of map"
+    return [f"P({p.label}) = {p.probability:.2f}; predicted: {verdict} "
+            f"(threshold {p.threshold:.2f})",
+            f"Map explains the predicted class; {item.channel} on reference slice "
+            f"{item.reference_z + 1}; {weight} {item.weight:.2f}",
+            "Colour: relative contribution (the map's maximum = 1)"]
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
 
 
 def provenance_text(ctx: StudyContext) -> list[tuple[str, str]]:

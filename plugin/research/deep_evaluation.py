@@ -1,0 +1,190 @@
+"""Score a phantom cohort with an image response bundle through the served path.
+
+Each patient's inputs are what a node would prepare (served segmentation, largest measured
+lesion, ``inference.deep_response.prepare``, see ``plugin.research.deep_cohort``); the bundle
+runs in ONNX Runtime through ``inference.deep_response.predict_image``, the function the
+pipeline calls. Written beside the scores:
+
+* ``predictions.csv`` / ``predictions_dropped.csv`` in the format ``hepatica evaluate``
+  reads; a dropped phase is the channel replaced by a uniform liver signal (the occlusion
+  ``inference.deep_response`` documents);
+* heatmap localisation: per explanation image, the share of its positive mass within
+  ``radius_mm`` of the ground-truth lesion whose planted features drive the outcome (the
+  largest), measured on the crop grid against the true distance map.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.bundle import Bundle
+from inference.deep_response import (
+    ImagePrediction,
+    ImageSpec,
+    image_spec,
+    open_graph,
+    predict_image,
+)
+from inference.response import MissingInputs, build_vector
+from plugin.research.deep_cohort import DeepDataSpec, cohort_inputs
+from plugin.research.radiomics_cohort import read_rows
+
+__all__ = ["DeepScores", "localisation", "score_cohort", "served_prediction"]
+
+Progress = Callable[[str, int, int], None]
+ALL_CHANNELS = "all image inputs"
+
+
+@dataclass
+class DeepScores:
+    """Served predictions of a cohort and what they measured."""
+
+    predictions: dict[str, ImagePrediction] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    localisation: dict[str, list[float]] = field(default_factory=dict)
+    dropped: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def served_spec(bundle: Bundle, segmentation: Path, phantom_seed: int = 0) -> DeepDataSpec:
+    """The data spec of served inputs for ``bundle`` (no margin: the serving crop)."""
+    spec = image_spec(bundle)
+    return DeepDataSpec(tuple(bundle.inputs.phases), spec.crop_zyx, spec.spacing_xyz, 0,
+                        spec.normalisation, "mr", phantom_seed, str(Path(segmentation).resolve()))
+
+
+def clinical_row(bundle: Bundle, row: Mapping[str, str]) -> npt.NDArray[np.float32] | None:
+    """The bundle's clinical input columns for a cohort row (None: it takes none)."""
+    spec = image_spec(bundle)
+    if not spec.clinical_features:
+        return None
+    vector = build_vector(_clinical_only(bundle), {}, row, {})
+    return np.array([vector[f] for f in spec.clinical_features], np.float32)
+
+
+def _clinical_only(bundle: Bundle) -> Bundle:
+    from dataclasses import replace
+    features = tuple(f for f in bundle.inputs.features if f.startswith("clinical:"))
+    return replace(bundle, inputs=replace(bundle.inputs, features=features))
+
+
+def served_prediction(bundle: Bundle, image: npt.NDArray[np.float32],
+                      clinical: npt.NDArray[np.float32] | None) -> ImagePrediction:
+    """One prepared study through the bundle's ONNX graph(s) on the CPU."""
+    spec = image_spec(bundle)
+    session = open_graph(bundle.model_file, ["CPUExecutionProvider"])
+    head = open_graph(spec.head_file, ["CPUExecutionProvider"]) if spec.head_file else None
+    return predict_image(spec, bundle.outputs, session, image.astype(np.float32), clinical,
+                         head, threshold=bundle.threshold("probability", 0.5))
+
+
+def localisation(prediction: ImagePrediction, distance_mm: npt.NDArray[np.floating],
+                 radius_mm: float = 10.0) -> list[float]:
+    """Per explanation image: positive mass within ``radius_mm`` of the lesion / all of it."""
+    shares = []
+    for item in prediction.explanations:
+        mass = np.maximum(item.values, 0.0)
+        total = float(mass.sum())
+        if total <= 0:
+            continue
+        near = distance_mm[min(item.crop_z, distance_mm.shape[0] - 1)] <= radius_mm
+        shares.append(float(mass[near].sum()) / total)
+    return shares
+
+
+def score_cohort(bundle: Bundle, cohort_dir: Path, patients: Sequence[str],
+                 segmentation: Path, phantom_seed: int = 0, workers: int = 1,
+                 progress: Progress | None = None) -> DeepScores:
+    """Served predictions, channel-dropped scores and localisation for ``patients``."""
+    rows = {r["patient_id"]: r for r in read_rows(cohort_dir)}
+    data = cohort_inputs(cohort_dir, served_spec(bundle, segmentation, phantom_seed),
+                         patients, workers, progress)
+    spec = image_spec(bundle)
+    out = DeepScores()
+    for pid in patients:
+        item = data[pid]
+        if "missing" in item:
+            out.skipped[pid] = "the served segmentation found no lesion"
+            continue
+        try:
+            clinical = clinical_row(bundle, rows[pid])
+        except MissingInputs as exc:
+            out.skipped[pid] = str(exc)
+            continue
+        prediction = served_prediction(bundle, item["image"], clinical)
+        out.predictions[pid] = prediction
+        out.localisation[pid] = localisation(prediction, item["distance_mm"])
+        out.dropped[pid] = _dropped(bundle, spec, item["image"], clinical, prediction)
+    return out
+
+
+def _dropped(bundle: Bundle, spec: ImageSpec, image: npt.NDArray[np.float32],
+             clinical: npt.NDArray[np.float32] | None, prediction: ImagePrediction
+             ) -> dict[str, float]:
+    """P(positive) with each channel occluded (from the prediction's own occlusion batch,
+    via its log-odds), and with every channel occluded."""
+    full = _logit(prediction.positive_probability)
+    out = {name: _sigmoid(full - delta) for name, delta in prediction.channel_log_odds}
+    blank = np.full_like(image, 1.0)
+    out[ALL_CHANNELS] = served_prediction(bundle, blank, clinical).positive_probability
+    return out
+
+
+def _logit(p: float) -> float:
+    q = min(max(p, 1e-7), 1 - 1e-7)
+    return math.log(q / (1 - q))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def write_csvs(bundle: Bundle, scores: DeepScores, out_dir: Path) -> tuple[Path, Path]:
+    """``predictions.csv`` and ``predictions_dropped.csv`` as ``hepatica evaluate`` reads."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threshold = bundle.threshold("probability", 0.5)
+    predictions, dropped = out_dir / "predictions.csv", out_dir / "predictions_dropped.csv"
+    with predictions.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patient_id", "model", "score", "log_odds", "threshold"])
+        for pid, p in scores.predictions.items():
+            writer.writerow([pid, bundle.name, repr(p.positive_probability),
+                             repr(_logit(p.positive_probability)), repr(threshold)])
+    with dropped.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patient_id", "model", "dropped", "inputs_removed", "score"])
+        for pid, values in scores.dropped.items():
+            for name, value in values.items():
+                removed = ("every image channel" if name == ALL_CHANNELS
+                           else f"{name} channel (uniform liver signal)")
+                writer.writerow([pid, bundle.name, name, removed, repr(value)])
+    return predictions, dropped
+
+
+def summary(scores: DeepScores, labels: Mapping[str, int], radius_mm: float = 10.0
+            ) -> dict[str, Any]:
+    """AUC with DeLong CI on the scored patients, localisation statistics, skips."""
+    from inference.evaluation.discrimination import delong_auc
+
+    pids = [p for p in scores.predictions if p in labels]
+    y = np.array([labels[p] for p in pids], bool)
+    s = np.array([scores.predictions[p].positive_probability for p in pids])
+    out: dict[str, Any] = {"patients_scored": len(pids), "skipped": len(scores.skipped)}
+    if len(set(y.tolist())) == 2:
+        auc = delong_auc(s, y)
+        out |= {"auc": round(auc.auc, 4), "auc_ci95": [round(auc.ci_low, 4),
+                                                       round(auc.ci_high, 4)]}
+    shares = [v for values in scores.localisation.values() for v in values]
+    if shares:
+        out |= {"heatmaps": len(shares),
+                f"heatmap_mass_within_{radius_mm:g}mm_median": round(float(np.median(shares)), 4),
+                f"heatmap_mass_within_{radius_mm:g}mm_mean": round(float(np.mean(shares)), 4),
+                "heatmaps_at_least_70pct": round(float(np.mean(np.array(shares) >= 0.7)), 4)}
+    return out

@@ -1,0 +1,235 @@
+"""``hepatica train inception-svm|resnet-mil``: a phantom cohort in, an image response
+bundle out, scored on held-out patients through the served path.
+
+Training reads ground-truth crops (``plugin.research.deep_cohort``); the held-out patients
+are segmented by the segmentation bundle and scored exactly as a node would score them
+(``plugin.research.deep_evaluation``), so the AUC and the heatmap localisation the bundle
+records are the served ones. The command that made a bundle is recorded in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.bundle import load_bundle
+from inference.training.response_bundle import write_bundle_toml
+from plugin.research.deep_cohort import DeepDataSpec, cohort_inputs
+from plugin.research.deep_evaluation import score_cohort, summary, write_csvs
+from plugin.research.radiomics_cohort import read_rows
+
+__all__ = ["CLINICAL_004", "LOG_VARIABLES", "encode_clinical", "train_inception_svm"]
+
+Progress = Callable[[str, int, int], None]
+CLINICAL_004 = (
+    "age", "sex", "prior_treatment", "haic_cycles", "haic_regimen", "tumour_number",
+    "largest_tumour_mm", "pvtt", "extrahepatic_mets", "hbv", "afp", "pivka_ii",
+    "prothrombin_time_s", "platelets", "neutrophils", "lymphocytes", "monocytes", "nlr", "plr",
+    "bilirubin", "albi", "alt", "ast", "alp", "ggt", "albumin", "crp")
+"""Seed 004's 27 clinical factors, as the phantom cohort names them (HBsAg = ``hbv``,
+tumour thrombus = ``pvtt``)."""
+LOG_VARIABLES = frozenset({"afp", "pivka_ii", "bilirubin", "alt", "ast", "alp", "ggt", "crp"})
+"""Right-skewed laboratory values: log(1 + x) inside the graph before the SVM's scaler."""
+LABEL_NAMES = {"dcr": ("progressive disease", "disease control"),
+               "orr": ("no objective response", "objective response")}
+PHANTOM_NOTE = ("Trained on synthetic phantoms only (hepatica cohort); not for clinical use. "
+                "A site trains its own with `hepatica train`.")
+DEFAULT_SEGMENTATION = Path(__file__).resolve().parents[2] / "inference" / "bundles" / \
+    "liver-tumour-seg"
+
+
+def encode_clinical(rows: Sequence[Mapping[str, str]], variables: Sequence[str]) -> list[str]:
+    """Input columns: numbers as they are, categories as indicators of every level but the
+    most common (the reference); a variable with one level gives no column."""
+    columns = []
+    for variable in variables:
+        values = [r[variable] for r in rows]
+        if all(_is_number(v) for v in values):
+            columns.append(f"clinical:{variable}")
+            continue
+        levels = sorted(set(values), key=lambda v: (-values.count(v), v))
+        columns += [f"clinical:{variable}={level}" for level in levels[1:]]
+    return columns
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def clinical_matrix(rows: Sequence[Mapping[str, str]], columns: Sequence[str]
+                    ) -> npt.NDArray[np.float32]:
+    from inference.response import _value
+    out = np.zeros((len(rows), len(columns)), np.float32)
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            value = _value(column, {}, row, {})
+            if value is None:
+                raise ValueError(f"patient {row['patient_id']} lacks {column}")
+            out[i, j] = value
+    return out
+
+
+def _split(rows: list[dict[str, str]], holdout: int) -> tuple[list[dict[str, str]],
+                                                            list[dict[str, str]]]:
+    if holdout >= len(rows) - 10:
+        raise ValueError(f"--holdout {holdout} leaves too few of {len(rows)} patients")
+    return rows[:len(rows) - holdout], rows[len(rows) - holdout:]
+
+
+def _command() -> str:
+    return "hepatica " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _threads(count: int) -> None:
+    import torch
+    torch.set_num_threads(max(1, count))
+
+
+# ------------------------------------------------------------------ seed 004
+
+
+def train_inception_svm(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    """Seed 004: CNN per sequence (cross-fitted) + 27 clinical → SVM; CAM per sequence."""
+    from inference.training.deep_dcr import DcrConfig, export_dcr, fit_dcr, onnx_parity
+
+    _threads(args.threads)
+    started = time.time()
+    rows = read_rows(args.cohort)
+    train, test = _split(rows, args.holdout)
+    channels = tuple(args.sequences.split(","))
+    crop = (1, args.crop, args.crop)
+    spacing = (args.spacing, args.spacing, 3.0)
+    data_spec = DeepDataSpec(channels, crop, spacing, args.margin, "liver_median", "mr",
+                             args.phantom_seed)
+    data = cohort_inputs(args.cohort, data_spec, [r["patient_id"] for r in train],
+                         args.workers, progress)
+    prepared = time.time()
+    images = np.stack([data[r["patient_id"]]["image"] for r in train]).astype(np.float32)
+    variables = [v for v in args.clinical.split(",") if v]
+    columns = encode_clinical(train, variables)
+    clinical = clinical_matrix(train, columns)
+    log_columns = [j for j, c in enumerate(columns)
+                   if c.split(":", 1)[1].split("=", 1)[0] in LOG_VARIABLES and "=" not in c]
+    y = np.array([int(r[args.label]) for r in train])
+    config = DcrConfig(width=args.width, features=args.features, epochs=args.epochs,
+                       folds=args.folds, margin=args.margin, seed=args.seed, kernel=args.kernel)
+    model = fit_dcr(images, clinical, y, log_columns, config, progress)
+    trained = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_dcr(model, crop[1:], args.out)
+    centre = np.ascontiguousarray(images[:8, ..., args.margin:-args.margin,
+                                         args.margin:-args.margin]) if args.margin else images[:8]
+    parity = onnx_parity(model, onnx_path, centre, clinical[:8])
+    document = _dcr_document(args, channels, crop, spacing, variables, columns, model, parity,
+                             len(train), {"prepare_inputs_s": round(prepared - started, 1),
+                                          "train_s": round(trained - prepared, 1)})
+    return _finish(args, document, test)
+
+
+def _dcr_document(args: argparse.Namespace, channels: Sequence[str], crop: Sequence[int],
+                  spacing: Sequence[float], variables: Sequence[str], columns: Sequence[str],
+                  model: Any, parity: Mapping[str, float], n_train: int,
+                  seconds: Mapping[str, float]) -> dict[str, Any]:
+    name = args.name or f"hepatica-{args.label}-inception-svm-mr"
+    return {
+        "name": name, "version": args.version, "family": "response",
+        "intended_use": "RESEARCH USE ONLY - not for diagnostic use. Probability of "
+                        f"{LABEL_NAMES[args.label][1]} (RECIST 1.1) after HAIC from "
+                        "multi-sequence liver MRI and clinical variables (seed 004).",
+        "description": args.description or (
+            f"Inception-style CNN per sequence ({', '.join(channels)}; width {args.width}, "
+            f"{args.features} features, {crop[1]}x{crop[2]} crop at {spacing[0]:g} mm on the "
+            "largest lesion's largest cross-section) -> one deep score per sequence, "
+            f"cross-fitted over {args.folds} folds; SVM ({model.metrics['svm_kernel']} kernel) "
+            f"over the scores and {len(variables)} clinical variables; CAM per sequence."),
+        "model_file": "model.onnx", "extra_files": ["MODEL_CARD.md"],
+        "inputs": {"kind": "image", "phases": list(channels), "clinical": list(variables),
+                   "features": list(columns)},
+        "preprocessing": {"spacing_mm": list(spacing), "normalisation": "liver_median",
+                          "patch_size": list(crop)},
+        "outputs": {"labels": list(LABEL_NAMES[args.label])},
+        "thresholds": {"probability": model.metrics["threshold_youden_cv"]},
+        "explain": {"method": "cam"},
+        "image": {"crop": "largest lesion, its largest axial cross-section",
+                  "graph_inputs": ["image", "clinical"],
+                  "graph_outputs": ["probability", "explanation"]},
+        "training": {
+            "data": f"{args.cohort.name}: {n_train} patients", "label": args.label,
+            "family": "inception-svm (seed 004)", "command": _command(), "seed": args.seed,
+            "date": dt.date.today().isoformat(), "epochs": args.epochs, "folds": args.folds,
+            "width": args.width, "features": args.features, "margin_px": args.margin,
+            "onnx_parity_max_abs_probability": parity["probability"],
+            "onnx_parity_max_abs_explanation": parity["explanation"],
+            **seconds, **{k: v for k, v in model.metrics.items() if not isinstance(v, list)},
+            "cnn_oof_auc_folds": model.metrics["cnn_oof_auc_folds"],
+            "scale_down": "study: InceptionV4 on 450x320 slices, 5 sequences, batch 1; here: "
+                          f"stem + 2 Inception blocks + 1 reduction, width {args.width}, "
+                          f"{crop[1]}x{crop[2]} crops, batch 16, {args.epochs} epochs",
+        },
+    }
+
+
+# ------------------------------------------------------------------ shared
+
+
+def _finish(args: argparse.Namespace, document: dict[str, Any],
+            test: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """Write and re-load the bundle; score held-out patients through the served path."""
+    header = PHANTOM_NOTE if _is_phantom(args.cohort) else ""
+    if header:
+        document["training"]["data"] += " of a synthetic phantom cohort (no patient data)"
+    if test:
+        document["training"]["holdout_patients"] = len(test)
+    _write(args.out, document, header)
+    bundle = load_bundle(args.out)
+    if test:
+        pids = [r["patient_id"] for r in test]
+        scores = score_cohort(bundle, args.cohort, pids, args.segmentation,
+                              args.phantom_seed, args.workers, None)
+        labels = {r["patient_id"]: int(r[args.label]) for r in test}
+        measured = summary(scores, labels)
+        write_csvs(bundle, scores, args.out.parent / f"{args.out.name}-holdout")
+        document["training"]["holdout_served"] = json.dumps(measured, sort_keys=True)
+        document["training"]["holdout_auc_served_onnx"] = measured.get("auc", float("nan"))
+        _write(args.out, document, header)
+        load_bundle(args.out)
+    return document
+
+
+def _write(folder: Path, document: dict[str, Any], header: str) -> None:
+    write_bundle_toml(folder, document, header)
+    (folder / "MODEL_CARD.md").write_text(model_card(document))
+
+
+def model_card(document: Mapping[str, Any]) -> str:
+    """A short model card from the bundle document."""
+    training = document["training"]
+    lines = [f"# {document['name']} {document['version']}", "",
+             "RESEARCH USE ONLY - not for diagnostic use.", "",
+             f"Intended use: {document['intended_use']}", "",
+             f"Model: {document['description']}", "",
+             f"Scale-down from the study: {training.get('scale_down', '')}", "",
+             f"Training data: {training['data']}", "",
+             f"Reproduce: `{training.get('command', '')}`", "", "## Measured", ""]
+    lines += [f"- {k}: {v}" for k, v in training.items()
+              if k not in ("data", "command", "scale_down")]
+    return "\n".join(lines) + "\n"
+
+
+def _is_phantom(cohort: Path) -> bool:
+    rows = read_rows(cohort)
+    return bool(rows) and "scenario" in rows[0] and rows[0]["patient_id"].startswith("HCC")
