@@ -466,13 +466,17 @@ class JobQueue:
                 now if target is JobState.QUEUED else row["queued_at"])
 
     def claim_delivery(self) -> Job | None:
-        """Take the delivery due longest ago: SEND_QUEUED → SENDING, one more send attempt."""
+        """Take the delivery due longest ago: SEND_QUEUED → SENDING, one more send attempt.
+
+        Of any pipeline version: the results are finished files, and results an upgrade left
+        undelivered must still reach the archive.
+        """
         now = self._clock()
         with self._write() as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE pipeline_version = ? AND state = 'send_queued'"
-                " AND next_send_at <= ? ORDER BY next_send_at, id LIMIT 1",
-                (self.pipeline_version, now),
+                "SELECT id FROM jobs WHERE state = 'send_queued' AND next_send_at <= ?"
+                " ORDER BY next_send_at, id LIMIT 1",
+                (now,),
             ).fetchone()
             if row is None:
                 return None
@@ -513,14 +517,15 @@ class JobQueue:
         A RUNNING job is queued again; a crash counts as an attempt, so a study that kills
         the process every time ends DEAD instead of crashing the node forever. A SENDING job
         with kept results goes back to SEND_QUEUED, due now: its delivery resumes, nothing is
-        recomputed. Call it only while no other worker process uses this database: a live
-        worker's job looks exactly like a crashed one.
+        recomputed; deliveries are resumed whatever their pipeline version, like
+        :meth:`claim_delivery` takes them. Call it only while no other worker process uses this
+        database: a live worker's job looks exactly like a crashed one.
         """
         now = self._clock()
         with self._write() as db:
             rows = db.execute(
-                "SELECT * FROM jobs WHERE pipeline_version = ? AND state IN ('running','sending')"
-                " ORDER BY id",
+                "SELECT * FROM jobs WHERE (pipeline_version = ? AND state IN ('running','sending'))"
+                " OR (state = 'sending' AND results != '[]') ORDER BY id",
                 (self.pipeline_version,),
             ).fetchall()
             return [self._resume_delivery(db, row, now)

@@ -181,3 +181,18 @@ def test_jobs_table_shows_delivery_progress(queue: JobQueue) -> None:
     console.print(format_jobs_table([waiting]))
     text = console.export_text()
     assert "send_queued" in text and "1/2 (1×)" in text and "archive down" in text
+
+
+def test_results_of_an_older_version_are_still_delivered(tmp_path: Path) -> None:
+    old = JobQueue(tmp_path / "jobs.sqlite3", "hepatica-old")
+    job = sending(old)
+    old.close()
+    new = JobQueue(tmp_path / "jobs.sqlite3", "hepatica-new")  # upgraded while sending
+    try:
+        [resumed] = new.recover(max_attempts=3)
+        assert resumed.id == job.id and resumed.state is JobState.SEND_QUEUED
+        claimed = new.claim_delivery()
+        assert claimed is not None and claimed.id == job.id
+        assert new.claim() is None  # but no old-version job is run again
+    finally:
+        new.close()
