@@ -19,7 +19,9 @@ from dicom_io.listener import ListenerSettings, StorageSCP
 from dicom_io.privacy import hash_identifier
 from dicom_io.spool import Spool, StoredInstance
 from plugin.node.config import HepaticaConfig
-from plugin.node.jobs import Job, JobQueue
+from plugin.node.jobs import Job
+from plugin.node.metrics import MeteredQueue
+from plugin.node.status import StatusServer, start_status_server
 from plugin.node.transports import SpoolInbox, dicom_outbox
 from plugin.node.worker import Worker, pipeline_settings
 from plugin.pipeline.models import installed_version
@@ -38,7 +40,7 @@ class HepaticaService:
         self.version = installed_version(config.pipeline.bundle_dirs)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(config.spool_dir)
-        self.queue = JobQueue(config.database, self.version)
+        self.queue = MeteredQueue(config.database, self.version)  # counts for /metrics
         # studies C-MOVEd in as priors make no job; the set lives in the job database
         settings = pipeline_settings(config, dimse_priors(config, self.queue.expect_prior))
         self.worker = Worker(config, self.queue,
@@ -47,6 +49,7 @@ class HepaticaService:
                              heartbeat=config.data_dir / HEARTBEAT_FILE,
                              heartbeat_info={"ae_title": config.listener.ae_title})
         self.scp = StorageSCP(_listener_settings(config), self.spool, self._on_stored)
+        self.status: StatusServer | None = None
 
     @property
     def port(self) -> int:
@@ -56,11 +59,19 @@ class HepaticaService:
         """Recover interrupted jobs, then work and listen."""
         self.worker.start("hepatica-worker")
         self.scp.start()
+        self.status = start_status_server(self.config, self.version, "node",
+                                          heartbeat=self.config.data_dir / HEARTBEAT_FILE)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop listening; let the running job finish (up to ``timeout``)."""
         self.scp.stop()
+        self._stop_status()
         self.worker.stop(timeout)
+
+    def _stop_status(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
 
     def run_forever(self) -> None:
         """Block until SIGINT/SIGTERM (raised as KeyboardInterrupt/SystemExit)."""
@@ -68,6 +79,7 @@ class HepaticaService:
             self.worker.run_forever()
         finally:
             self.scp.stop()
+            self._stop_status()
 
     def run_job(self, job: Job) -> Job | None:
         return self.worker.run_job(job)

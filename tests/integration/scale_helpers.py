@@ -22,10 +22,10 @@ SMALL_RESULTS = 4  # SEG, SR, heatmaps of AP and PVP
 
 
 def small_study(folder: Path, seed: int) -> tuple[Path, str]:
-    """A small two-phase phantom study; returns its folder and StudyInstanceUID."""
+    """A small two-phase phantom study; returns its DICOM folder and StudyInstanceUID."""
     files = write_phantom_study(make_phantom(seed, SMALL), folder)
     uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    return folder, uid
+    return folder / "dicom", uid
 
 
 def node_config(path: Path, *, data_dir: Path, port: int, extra: str = "",
