@@ -141,7 +141,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#1d2430;background:#faf
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:.9em}
 th,td{border:1px solid #d6dbe1;padding:.3em .5em;text-align:left;vertical-align:top}
-th{background:#eef1f4}.ok{color:#176b2c}.bad{color:#a31515}.note{color:#5b6573;font-size:.85em}
+code{white-space:nowrap}th{background:#eef1f4}.ok{color:#176b2c}.bad{color:#a31515}.note{color:#5b6573;font-size:.85em}
 .state{font-weight:600}.done{color:#176b2c}.failed,.dead,.unsent{color:#a31515}
 .running,.sending{color:#8a5a00}.queued,.received,.send_queued{color:#1f4e9c}
 """

@@ -29,10 +29,12 @@ def small_study(folder: Path, seed: int) -> tuple[Path, str]:
 
 
 def node_config(path: Path, *, data_dir: Path, port: int, extra: str = "",
-                stable_seconds: float = 1.0, status_port: int | None = None) -> Path:
-    """A `hepatica serve` configuration on loopback; ``extra`` appends TOML tables."""
-    status = (f"[status]\nenabled = true\nport = {status_port}\n" if status_port is not None
-              else "[status]\nenabled = false\n")
+                stable_seconds: float = 1.0, status_port: int | None = None,
+                status_user: str = "") -> Path:
+    """A `hepatica serve` configuration on loopback; ``extra`` appends TOML tables. The
+    status server is off unless ``status_port`` is given (its password: the environment)."""
+    status = (f'[status]\nenabled = true\nport = {status_port}\nusername = "{status_user}"\n'
+              if status_port is not None else "[status]\nenabled = false\n")
     path.write_text(f"""data_dir = "{data_dir}"
 [listener]
 ae_title = "HEPATICA"
