@@ -154,11 +154,15 @@ def _augment(image: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.ND
 
 def train_segmentation(cases: Iterable[TrainingCase], config: SegmentationTrainingConfig,
                        progress: Callable[[int, int, float], None] | None = None,
-                       initial: UNet | None = None) -> tuple[UNet, dict[str, float]]:
+                       initial: UNet | None = None,
+                       checkpoint: Callable[[int, UNet], None] | None = None,
+                       checkpoint_every: int = 0) -> tuple[UNet, dict[str, float]]:
     """Fit the network on random patches; returns the model and a training summary.
 
     ``initial`` fine-tunes a network (e.g. a shipped bundle's, ``warm_start``) instead of
-    starting from random weights.
+    starting from random weights. ``checkpoint(step, model)`` is called every
+    ``checkpoint_every`` steps (e.g. to export and measure the model as it learns); it must
+    leave the model as it found it.
     """
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -186,6 +190,9 @@ def train_segmentation(cases: Iterable[TrainingCase], config: SegmentationTraini
         recent = [*recent[-49:], float(loss.detach())]
         if progress:
             progress(step, config.steps, float(np.mean(recent)))
+        if checkpoint and checkpoint_every and step % checkpoint_every == 0 \
+                and step < config.steps:
+            checkpoint(step, model)
     model.eval()
     summary = {"final_loss": float(np.mean(recent)), "steps": float(config.steps),
                "train_seconds": time.perf_counter() - started, "cases": float(len(prepared))}

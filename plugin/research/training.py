@@ -248,8 +248,12 @@ def train_any_phase_bundle(out_dir: Path, *, cases: int = 60, steps: int = 1500,
                            seed: int = 0, threads: int = 2, validation_cases: int = 3,
                            necrosis_probability: float = TRAIN_NECROSIS_PROBABILITY,
                            evaluate_studies: Sequence[Path] = (),
-                           progress: Callable[[str, int, int], None] | None = None) -> Path:
-    """Train the single-series bundle on domain-randomised phantoms, export, measure."""
+                           progress: Callable[[str, int, int], None] | None = None,
+                           checkpoint_every: int = 0) -> Path:
+    """Train the single-series bundle on domain-randomised phantoms, export, measure.
+
+    ``checkpoint_every`` also exports ``checkpoints/step_<n>/model.onnx`` bundles on the way
+    (to watch a long run; they do not change the weights)."""
     from inference.training.onnx_export import export_to_onnx
     from inference.training.segmentation import train_segmentation
 
@@ -261,16 +265,24 @@ def train_any_phase_bundle(out_dir: Path, *, cases: int = 60, steps: int = 1500,
         if progress:
             progress(f"training (loss {loss:.3f})", step, total)
 
-    model, summary = train_segmentation(training_cases, config, on_step)
+    def snapshot(step: int, model: Any) -> None:
+        folder = out_dir / "checkpoints" / f"step_{step}"
+        export_to_onnx(model, 1, config.patch_zyx, folder / "model.onnx")
+        write_any_bundle_toml(folder, {**record, "summary": {"final_loss": 0.0,
+                                                             "train_seconds": 0.0}}, {})
+
+    record: dict[str, Any] = {"config": asdict(config), "cases": cases,
+                              "seed_base": TRAIN_SEED_BASE,
+                              "necrosis_probability": necrosis_probability}
+    model, summary = train_segmentation(training_cases, config, on_step, checkpoint=snapshot,
+                                        checkpoint_every=checkpoint_every)
     del training_cases
     export_to_onnx(model, 1, config.patch_zyx, out_dir / "model.onnx")
     command = (f"hepatica train segmentation --phases any --out DIR --cases {cases} "
                f"--steps {steps} --seed {seed} --necrosis-probability {necrosis_probability} "
                f"--validation-cases {validation_cases}"
                + "".join(f" --evaluate-studies {p}" for p in evaluate_studies))
-    record = {"config": asdict(config), "summary": summary, "cases": cases,
-              "seed_base": TRAIN_SEED_BASE, "necrosis_probability": necrosis_probability,
-              "command": command}
+    record.update(summary=summary, command=command)
     write_any_bundle_toml(out_dir, record, {})
     metrics = validate_any_bundle(out_dir, validation_cases, progress)
     for folder in evaluate_studies:
@@ -349,6 +361,7 @@ def write_any_bundle_toml(out_dir: Path, record: dict[str, Any],
     """bundle.toml of the any-phase bundle (``[inputs.alternatives]`` names the phases)."""
     from inference.training.response_bundle import write_bundle_toml
 
+    record = {"command": "(checkpoint)", **record}
     config = record["config"]
     randomisation = config["randomisation"] or {}
     training: dict[str, Any] = {
