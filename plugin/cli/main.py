@@ -162,7 +162,19 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--config", type=Path, help="TOML file (default: $HEPATICA_CONFIG)")
     p.add_argument("--orthanc", metavar="URL", help="be the worker of an Orthanc running the "
                    "Hepatica plugin (its REST API, e.g. http://127.0.0.1:8042); no listener")
+    p.add_argument("--queue", metavar="URL", help="run jobs on Celery workers: the Redis "
+                   "broker, e.g. celery://127.0.0.1:6379/0 (default: in this process)")
     p.set_defaults(func=_serve)
+    w = sub.add_parser("worker", help="a Celery worker: runs jobs a node put on the queue "
+                       "(docs/scale_out.md)")
+    w.add_argument("--celery", metavar="URL", required=True,
+                   help="the Redis broker, e.g. redis://127.0.0.1:6379/0")
+    w.add_argument("--config", type=Path, help="TOML file (default: $HEPATICA_CONFIG)")
+    w.add_argument("--name", default="", help="worker name (default: host:pid)")
+    w.add_argument("--pool", choices=("threads", "prefork", "solo"), default="threads")
+    w.add_argument("--concurrency", type=int, help="jobs at once (default: [pipeline] workers)")
+    w.add_argument("--status-port", type=int, help="port of /metrics (default: [status] port)")
+    w.set_defaults(func=_worker)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -170,6 +182,10 @@ def _serve(args: argparse.Namespace) -> int:
     from plugin.node.service import HepaticaService
 
     config = load_config(args.config)
+    if args.queue:
+        from dataclasses import replace
+
+        config = replace(config, celery=replace(config.celery, url=args.queue))
     if args.orthanc:
         return _serve_orthanc(config, args.orthanc)
     service = HepaticaService(config)
@@ -181,10 +197,21 @@ def _serve(args: argparse.Namespace) -> int:
     service.start()
     console.print(f"hepatica {service.version} listening as {config.listener.ae_title} on "
                   f"{config.listener.host}:{service.port}; results to "
-                  f"{config.destination.ae_title}@{config.destination.host}:"
-                  f"{config.destination.port}", highlight=False)
+                  f"{service.worker.outbox.name}", highlight=False)
+    if config.celery.url:
+        console.print(f"jobs go to the Celery queue {config.celery.queue!r}", highlight=False)
+    if service.status is not None:
+        console.print(f"status page and /metrics: {service.status.url}", highlight=False)
     service.run_forever()
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from plugin.node.celery_worker import run_worker
+    from plugin.node.config import load_config
+
+    return run_worker(load_config(args.config), args.celery, name=args.name, pool=args.pool,
+                      concurrency=args.concurrency, status_port=args.status_port)
 
 
 def _serve_orthanc(config: HepaticaConfig, url: str) -> int:
@@ -193,12 +220,26 @@ def _serve_orthanc(config: HepaticaConfig, url: str) -> int:
     from plugin.node.orthanc_worker import OrthancWorker
 
     config = replace(config, orthanc=replace(config.orthanc, url=url))
+    from plugin.node.status import start_status_server
+
     worker = OrthancWorker(config)
     signal.signal(signal.SIGTERM, _terminate)
-    worker.start()
+    runner: Any = worker
+    if config.celery.url:  # the plugin's jobs go to Celery workers that download from Orthanc
+        from plugin.node.celery_node import CeleryDispatcher
+
+        runner = CeleryDispatcher(config, worker.queue, worker.inbox, worker.worker, "orthanc")
+    runner.start()
+    status = start_status_server(config, worker.version, "orthanc-worker",
+                                 heartbeat=worker.worker.heartbeat)
     console.print(f"hepatica {worker.version}: Orthanc worker for {url}, jobs in "
-                  f"{config.database}", highlight=False)
-    worker.run_forever()
+                  f"{config.database}" + (" → Celery" if config.celery.url else ""),
+                  highlight=False)
+    try:
+        runner.run_forever()
+    finally:
+        if status is not None:
+            status.stop()
     return 0
 
 

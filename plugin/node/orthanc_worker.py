@@ -36,6 +36,7 @@ from dicom_io.spool import write_durably
 from dicom_io.uids import path_under
 from plugin.node.config import HepaticaConfig
 from plugin.node.jobs import Job, JobQueue
+from plugin.node.metrics import MeteredQueue
 from plugin.node.orthanc.app import heartbeat_path
 from plugin.node.orthanc.filters import TriggerRules, is_own_series
 from plugin.node.orthanc.study import get_json, is_orthanc_id, lookup_study, series_facts
@@ -201,7 +202,7 @@ class OrthancWorker:
         self.outbox = OrthancOutbox(self.client)
         self.version = installed_version(config.pipeline.bundle_dirs)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.queue = JobQueue(config.database, self.version)
+        self.queue = MeteredQueue(config.database, self.version)  # counts for /metrics
         # priors come from Orthanc itself, downloaded like the study (source series only)
         download = partial(self.inbox.download, durable=True)
         settings = pipeline_settings(config, orthanc_priors(config, self.client, download))

@@ -14,6 +14,7 @@ import logging
 import sqlite3
 from contextlib import suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicom_io.listener import ListenerSettings, StorageSCP
 from dicom_io.privacy import hash_identifier
@@ -26,6 +27,9 @@ from plugin.node.transports import SpoolInbox, dicom_outbox
 from plugin.node.worker import Worker, pipeline_settings
 from plugin.pipeline.models import installed_version
 from plugin.pipeline.recist import dimse_priors
+
+if TYPE_CHECKING:
+    from plugin.node.celery_node import CeleryDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,12 @@ class HepaticaService:
                              heartbeat_info={"ae_title": config.listener.ae_title})
         self.scp = StorageSCP(_listener_settings(config), self.spool, self._on_stored)
         self.status: StatusServer | None = None
+        # [celery] url set: jobs run on Celery workers; this process dispatches and delivers
+        self.runner: Worker | CeleryDispatcher = self.worker
+        if config.celery.url:
+            from plugin.node.celery_node import CeleryDispatcher
+
+            self.runner = CeleryDispatcher(config, self.queue, self.worker.inbox, self.worker)
 
     @property
     def port(self) -> int:
@@ -57,16 +67,19 @@ class HepaticaService:
 
     def start(self) -> None:
         """Recover interrupted jobs, then work and listen."""
-        self.worker.start("hepatica-worker")
+        self.runner.start("hepatica-worker")
         self.scp.start()
-        self.status = start_status_server(self.config, self.version, "node",
-                                          heartbeat=self.config.data_dir / HEARTBEAT_FILE)
+        celery = None if isinstance(self.runner, Worker) else self.runner
+        self.status = start_status_server(
+            self.config, self.version, "node", heartbeat=self.config.data_dir / HEARTBEAT_FILE,
+            extra_depths=celery.depth if celery is not None else None,
+            checks=[celery.broker_problem] if celery is not None else [])
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop listening; let the running job finish (up to ``timeout``)."""
         self.scp.stop()
         self._stop_status()
-        self.worker.stop(timeout)
+        self.runner.stop(timeout)
 
     def _stop_status(self) -> None:
         if self.status is not None:
@@ -76,7 +89,7 @@ class HepaticaService:
     def run_forever(self) -> None:
         """Block until SIGINT/SIGTERM (raised as KeyboardInterrupt/SystemExit)."""
         try:
-            self.worker.run_forever()
+            self.runner.run_forever()
         finally:
             self.scp.stop()
             self._stop_status()
