@@ -206,26 +206,32 @@ def _heatmaps(ctx: StudyContext, version: str, series_number: int, software: str
     source = ctx.inputs.datasets[z]
     caption = _caption(measurements)
     files: list[Path] = []
-    for number, (phase, volume, instances) in enumerate(_backgrounds(ctx), start=1):
+    series = ResultIdentity.derive(ctx.study_uid, version, "heatmap", series_number)
+    for number, phase, volume, instances in _backgrounds(ctx):
         ident = ResultIdentity.derive(ctx.study_uid, content_version(version, instances),
                                       "heatmap", series_number, number)
         image = build_heatmap_image(
             volume.array[z], seg.tumour_probability[z], source_image=source, phase_label=phase,
-            caption_lines=caption, series_instance_uid=ident.series_instance_uid,
+            caption_lines=caption, series_instance_uid=series.series_instance_uid,
             sop_instance_uid=ident.sop_instance_uid, series_number=series_number,
             instance_number=number, software_versions=software, algorithm=algorithm)
         files.append(_save(image, ctx.out_dir / f"heatmap_{number:02d}_{phase}.dcm"))
     return files
 
 
-def _backgrounds(ctx: StudyContext) -> Iterator[tuple[str, Volume, str]]:
-    """Every contrast phase the study has, on the reference grid (one image each)."""
-    for phase in HEATMAP_PHASES:
+def _backgrounds(ctx: StudyContext) -> Iterator[tuple[int, str, Volume, str]]:
+    """Every contrast phase the study has, on the reference grid (one image each).
+
+    The instance number is the phase's place in :data:`HEATMAP_PHASES`, so a phase's image
+    keeps its number (and UID) when a late series adds another phase to the study.
+    """
+    for number, phase in enumerate(HEATMAP_PHASES, start=1):
         try:
             selected = select_volume(ctx.labelled, phase, ctx.rules)
         except NoUsableSeries:
             continue
-        yield (selected.item.label.label, resample_like(selected.volume, ctx.reference_volume),
+        yield (number, selected.item.label.label,
+               resample_like(selected.volume, ctx.reference_volume),
                _instances(selected.datasets))
 
 
