@@ -8,10 +8,10 @@ random initialisation, and saves ``checkpoint_final.pth`` with the trainer's own
 untrained weights. A subprocess because nnU-Net reads its folders from environment variables
 and starts worker pools with the ``spawn`` method, which needs a guarded ``__main__``.
 
-Usage: ``python nnunet_tiny.py SPEC.json`` where the spec holds ``root``, ``dataset_id``,
+Usage: ``python nnunet_tiny.py SPEC.json`` where the spec (or each of a list of specs) holds ``root``, ``dataset_id``,
 ``channels`` (names, e.g. ``["CT"]``), ``spacing_xyz``, ``shape_zyx``, ``cases``, ``folds``,
 ``zero_rows`` (rows of every image set to exactly 0), ``suppress_transpose``; prints the model
-folder.
+folder (one line per spec).
 """
 
 from __future__ import annotations
@@ -81,7 +81,15 @@ def build(spec: dict[str, Any]) -> Path:
     name = f"Dataset{dataset_id:03d}_HepTiny"
     write_raw_dataset(root, name, spec)
 
+    import multiprocessing
+
     import torch
+
+    # nnU-Net starts its worker pools with "spawn" (each worker re-imports torch and nnU-Net,
+    # seconds apiece); forking this process gives the same workers at once on Linux
+    spawn_context = multiprocessing.get_context
+    multiprocessing.get_context = lambda method=None: spawn_context(  # type: ignore[assignment]
+        "fork" if sys.platform.startswith("linux") else method)
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import (
         ExperimentPlanner,
     )
@@ -130,4 +138,6 @@ def build(spec: dict[str, Any]) -> Path:
 
 
 if __name__ == "__main__":
-    print(build(json.loads(Path(sys.argv[1]).read_text())))
+    specs = json.loads(Path(sys.argv[1]).read_text())
+    for one in specs if isinstance(specs, list) else [specs]:  # one interpreter for all
+        print(build(one), flush=True)
