@@ -135,10 +135,10 @@ def test_malformed_instances_refused_the_rest_processed(node: Node, phantom_stud
     truncated.SOPInstanceUID = pydicom.uid.generate_uid()
     truncated.PixelData = truncated.PixelData[:1000]
     truncated.save_as(bad_dir / "truncated.dcm")
-    sc = pydicom.dcmread(files[2])
-    sc.SOPClassUID = sc.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    sc.SOPInstanceUID = sc.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    sc.save_as(bad_dir / "unsupported_class.dcm")
+    us = pydicom.dcmread(files[2])  # ultrasound: not a class a liver CT/MR study holds
+    us.SOPClassUID = us.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    us.SOPInstanceUID = us.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    us.save_as(bad_dir / "unsupported_class.dcm")
     bad = storescu(sorted(bad_dir.glob("*.dcm")), node.port, verbose=True)
     report = bad.stdout + bad.stderr
     assert "No presentation context" in report  # the unsupported class: refused at association
