@@ -6,12 +6,12 @@ preprocessing, builds the network from the plans through ``nnUNetTrainer.initial
 random initialisation, and saves ``checkpoint_final.pth`` with the trainer's own
 ``save_checkpoint``: the folder has the layout ``nnUNetv2_train`` leaves behind, with
 untrained weights. A subprocess because nnU-Net reads its folders from environment variables
-and starts worker pools with the ``spawn`` method, which needs a guarded ``__main__``.
+and starts worker pools (forked here), which needs a guarded ``__main__``.
 
-Usage: ``python nnunet_tiny.py SPEC.json`` where the spec (or each of a list of specs) holds ``root``, ``dataset_id``,
-``channels`` (names, e.g. ``["CT"]``), ``spacing_xyz``, ``shape_zyx``, ``cases``, ``folds``,
-``zero_rows`` (rows of every image set to exactly 0), ``suppress_transpose``; prints the model
-folder (one line per spec).
+Usage: ``python nnunet_tiny.py SPEC.json``; the spec (or each of a list of specs) holds
+``root``, ``dataset_id``, ``channels`` (names, e.g. ``["CT"]``), ``spacing_xyz``,
+``shape_zyx``, ``cases``, ``folds``, ``zero_rows`` (rows of every image set to exactly 0) and
+``suppress_transpose``; prints each model folder on a line of its own.
 """
 
 from __future__ import annotations
