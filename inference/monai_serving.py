@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from inference.orientation import Reorientation, check_codes, plan_reorientation
-from inference.runtime import Session
 from inference.settings_table import (
     SettingsError,
     boolean,
@@ -36,6 +35,9 @@ from inference.settings_table import (
     triple,
 )
 from inference.sliding_window import Progress, sliding_window_predict
+
+if TYPE_CHECKING:  # serving modules stay free of onnxruntime until a session is made
+    from inference.runtime import Session
 
 __all__ = ["MonaiSettings", "Step", "parse_settings", "predict"]
 

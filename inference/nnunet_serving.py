@@ -19,14 +19,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
 from inference.nnunet_resampling import Resampling, compute_new_shape, resample_to_shape
-from inference.runtime import Session
 from inference.settings_table import (
     SettingsError,
     boolean,
@@ -38,6 +37,9 @@ from inference.settings_table import (
     triple,
 )
 from inference.sliding_window import Progress
+
+if TYPE_CHECKING:  # serving modules stay free of onnxruntime until a session is made
+    from inference.runtime import Session
 
 __all__ = ["ChannelNormalisation", "NnunetSettings", "gaussian_weights", "parse_settings",
            "predict", "window_steps"]
