@@ -37,6 +37,7 @@ from export.common import (
 from export.seg.sop import LIVER_SEGMENT_NUMBER, lesion_segment_number
 from export.sr import codes
 from export.sr.anchor import anchor_groups
+from export.sr.library import image_library
 
 __all__ = [
     "SERIES_DESCRIPTION",
@@ -132,10 +133,10 @@ def wrap_report(groups: Sequence[Any], source_images: Sequence[Dataset],
         observation_context=_observation_context(algorithm),
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=list(groups),
-        referenced_images=list(source_images),
+        referenced_images=None,  # the Image Library goes in below, already encoded
     )
     report[0].ContentSequence.append(_qualitative_evaluations(extra_text))
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=list(evidence), content=report[0],
         series_instance_uid=series_instance_uid, series_number=series_number,
         sop_instance_uid=sop_instance_uid, instance_number=instance_number,
@@ -145,6 +146,25 @@ def wrap_report(groups: Sequence[Any], source_images: Sequence[Dataset],
         coding_schemes=[codes.CODING_SCHEME, AIR_CODING_SCHEME],
         specific_character_set=CHARACTER_SET,
     )
+    _add_image_library(sr, source_images)
+    return sr
+
+
+def _add_image_library(sr: hd.sr.Comprehensive3DSR, source_images: Sequence[Dataset]) -> None:
+    """TID 1500 row 3: the Image Library, where ``hd.sr.MeasurementReport`` puts it (after
+    the procedure reported, before the first container).
+
+    Added after the SR is built, so that highdicom neither deep-copies nor walks it (it is
+    most of the document: ``export.sr.library``); the evidence is the same, as every source
+    image is evidence anyway. Only highdicom's in-memory ``sr.content`` view lacks it; the
+    data set, the file and anything read from it have it.
+    """
+    if not source_images:
+        return
+    content = sr.ContentSequence
+    at = next((i for i, item in enumerate(content) if item.ValueType == "CONTAINER"),
+              len(content))
+    content.insert(at, image_library(source_images))
 
 
 def _algorithms(algorithm: AlgorithmInfo, others: Sequence[AlgorithmInfo],

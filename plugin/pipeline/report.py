@@ -23,6 +23,7 @@ from export.sc.sop import build_heatmap_image
 from export.seg.sop import build_segmentation
 from export.sr.partial import build_report_without_segmentation
 from export.sr.sop import build_measurement_report
+from export.write import save_result
 from inference.bundle import Bundle
 from inference.measurements import StudyMeasurements
 from inference.segmentation import SegmentationResult
@@ -181,6 +182,10 @@ def _safe(text: str) -> str:
 def provenance_text(ctx: StudyContext) -> list[tuple[str, str]]:
     """The SR's notes on where the inputs came from and which model was chosen, and why."""
     notes = [("Research use", RESEARCH_USE_TEXT)]
+    for series in ctx.series:
+        if series.repairs:
+            notes.append(("Header values repaired", f"series {series.series_uid}: "
+                          + "; ".join(series.repairs)))
     if ctx.inputs is not None:
         notes.append(("Segmentation model", ctx.inputs.reason))
         for channel, selected in ctx.inputs.selected.items():
@@ -294,5 +299,4 @@ def _study_images(ctx: StudyContext) -> list[Dataset]:
 
 
 def _save(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return save_result(ds, path)
