@@ -87,8 +87,9 @@ class ReaderRoi:
 
 
 def image_series(series: Sequence[SeriesInstances]) -> list[SeriesInstances]:
-    """The series that hold images (SEG, RTSTRUCT, SR … are not phases)."""
-    return [s for s in series if s.modality.upper() not in NON_IMAGE_MODALITIES]
+    """The series that hold images (SEG, RTSTRUCT, SR, a Parametric Map … are not phases)."""
+    return [s for s in series if s.modality.upper() not in NON_IMAGE_MODALITIES
+            and s.is_image]
 
 
 def reader_roi_series(series: Sequence[SeriesInstances]) -> list[SeriesInstances]:

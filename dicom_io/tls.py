@@ -13,7 +13,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TlsError", "TlsSettings", "client_context", "server_context"]
+__all__ = ["TlsError", "TlsSettings", "client_context", "client_tls", "server_context"]
 
 # RFC 7525 / 9325 recommended suites for TLS 1.2 (TLS 1.3 suites are always on).
 _BCP195_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
@@ -83,3 +83,14 @@ def client_context(settings: TlsSettings) -> ssl.SSLContext:
     context.check_hostname = settings.verify_hostname
     context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def client_tls(certificate: str, key: str, ca: str, verify_hostname: bool = True
+               ) -> TlsSettings | None:
+    """SCU settings from configuration strings: TLS when a CA or a certificate is set,
+    plain DICOM (None) when all three are empty."""
+    if not (ca or certificate):
+        return None
+    return TlsSettings(Path(certificate) if certificate else None,
+                       Path(key) if key else None, Path(ca) if ca else None,
+                       verify_hostname=verify_hostname)

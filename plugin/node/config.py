@@ -114,6 +114,10 @@ class PriorsConfig:
     lookback_days: int = 730
     retrieve: str = "move"
     timeout_seconds: float = 120.0
+    tls_certificate: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify_hostname: bool = True
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,10 @@ _HELP: dict[str, str] = {
         "move: C-MOVE to this node's listener AE (the archive must know it); get: C-GET."
     ),
     "priors.timeout_seconds": "Timeout of one query or retrieve step.",
+    "priors.tls_certificate": "PEM client certificate shown to that archive (TLS, optional).",
+    "priors.tls_key": "PEM private key of that certificate.",
+    "priors.tls_ca": "PEM CA bundle the archive's certificate must chain to; set = TLS.",
+    "priors.tls_verify_hostname": "The archive's certificate must name priors.host.",
     "orthanc.url": "Orthanc's REST API, as the worker reaches it (`hepatica serve --orthanc`).",
     "orthanc.username": "HTTP basic-auth user for Orthanc's REST API; empty = no auth.",
     "orthanc.password": "Its password; prefer the environment variable to writing it here.",
@@ -729,6 +737,9 @@ _CHECKS: dict[str, Callable[[object], str | None]] = {
     "destination.tls_certificate": _check_pem_file,
     "destination.tls_key": _check_pem_file,
     "destination.tls_ca": _check_pem_file,
+    "priors.tls_certificate": _check_pem_file,
+    "priors.tls_key": _check_pem_file,
+    "priors.tls_ca": _check_pem_file,
     "destination.ae_title": _check_ae,
     "destination.host": _check_host,
     "destination.port": _PORT,

@@ -15,6 +15,7 @@ from pathlib import Path
 from dicom_io.sender import Peer, SendError, send_files
 from dicom_io.spool import Spool
 from dicom_io.stow import Auth, send_stow
+from dicom_io.tls import client_tls
 from plugin.node.config import HepaticaConfig
 from plugin.node.jobs import Job, JobQueue
 from plugin.node.worker import Acknowledge, Outbox
@@ -111,5 +112,6 @@ def dicom_outbox(config: HepaticaConfig) -> Outbox:
         from plugin.node.destinations import http_outbox
 
         return http_outbox(config)
-    peer = Peer(d.ae_title, d.host, d.port, calling_ae=config.listener.ae_title)
+    peer = Peer(d.ae_title, d.host, d.port, calling_ae=config.listener.ae_title,
+                tls=client_tls(d.tls_certificate, d.tls_key, d.tls_ca, d.tls_verify_hostname))
     return DimseOutbox(peer, d.retries, d.backoff_seconds)

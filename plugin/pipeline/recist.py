@@ -35,6 +35,7 @@ from dicom_io.priors import (
 from dicom_io.roi import image_series
 from dicom_io.selection import label_all
 from dicom_io.series import GeometryError, load_study
+from dicom_io.tls import client_tls
 from dicom_io.volume import Volume, resample_like
 from export.seg.sop import lesion_segment_number
 from export.sr.response import LesionResponseRow, OverallResponse, response_groups
@@ -273,6 +274,7 @@ def dimse_priors(config: Any, expect: Callable[[str], None]) -> PriorSettings | 
     if not p.enabled:
         return None
     own = config.listener.ae_title
-    peer = PacsPeer(p.ae_title, p.host, p.port, own, p.timeout_seconds)
+    tls = client_tls(p.tls_certificate, p.tls_key, p.tls_ca, p.tls_verify_hostname)
+    peer = PacsPeer(p.ae_title, p.host, p.port, own, p.timeout_seconds, tls)
     return PriorSettings(DimsePriors(peer, own, p.lookback_days, PriorCache(config.priors_dir),
                                      p.retrieve, config.spool_dir, expect))

@@ -46,3 +46,26 @@ def test_missing_pem_file_and_missing_key_are_refused(tmp_path: Path) -> None:
     config = load_config(environ={"HEPATICA_LISTENER__TLS_CERTIFICATE": str(cert)})
     with pytest.raises(TlsError, match="private key"):
         _listener_settings(config)
+
+
+def test_results_and_priors_speak_tls_when_configured(tmp_path: Path) -> None:
+    """[destination] and [priors] TLS keys reach the C-STORE peer and the priors' PACS peer."""
+    from plugin.node.transports import dicom_outbox
+    from plugin.pipeline.recist import dimse_priors
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN X-----\n")
+    plain = load_config(environ={"HEPATICA_PRIORS__ENABLED": "true"})
+    priors = dimse_priors(plain, lambda uid: None)
+    assert priors is not None and priors.source.peer.tls is None  # type: ignore[union-attr]
+    config = load_config(environ={"HEPATICA_PRIORS__ENABLED": "true",
+                                  "HEPATICA_PRIORS__TLS_CA": str(ca),
+                                  "HEPATICA_DESTINATION__TLS_CA": str(ca),
+                                  "HEPATICA_DESTINATION__TLS_VERIFY_HOSTNAME": "false"})
+    priors = dimse_priors(config, lambda uid: None)
+    assert priors is not None
+    peer_tls = priors.source.peer.tls  # type: ignore[union-attr]
+    assert peer_tls is not None and peer_tls.ca == ca and peer_tls.verify_hostname
+    outbox = dicom_outbox(config)
+    assert outbox.peer.tls is not None and outbox.peer.tls.ca == ca  # type: ignore[attr-defined]
+    assert not outbox.peer.tls.verify_hostname  # type: ignore[attr-defined]

@@ -249,3 +249,21 @@ def test_a_segmentation_that_fails_on_the_data_still_reports(
     result = process_study(mr_study, tmp_path / "out")
     assert [p.name for p in result.files] == ["sr.dcm"]
     assert "failed on this study: grid too small" in result.summary["segmentation"]["reason"]
+
+
+def test_a_birth_date_written_with_dashes_is_repaired_and_reported(tmp_path: Path) -> None:
+    """Issue 15: `1961-07-23` used to kill the study (highdicom refuses the DA value)."""
+    write_phantom_study(make_phantom(424_273, SMALL_MR), tmp_path / "study")
+    dicom = tmp_path / "study" / "dicom"
+    for path in dicom.rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.PatientBirthDate = "1961-07-23"
+        ds.save_as(path)
+    result = process_study(dicom, tmp_path / "out")
+    assert {"seg.dcm", "sr.dcm"} <= {p.name for p in result.files}
+    sr = pydicom.dcmread(tmp_path / "out" / "sr.dcm")
+    assert sr.PatientBirthDate == "19610723"
+    notes = [str(item.get("TextValue", "")) for item in sr.ContentSequence[-1].ContentSequence]
+    notes += [str(item.get("TextValue", "")) for item in sr.ContentSequence]
+    assert any("PatientBirthDate" in n for n in notes), notes
+    assert not any("1961-07-23" in n for n in notes)
