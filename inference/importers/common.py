@@ -147,6 +147,11 @@ def write_bundle(out_dir: Path, document: Mapping[str, Any]) -> Path:
     from inference.bundle import BUNDLE_FILE, load_bundle
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / BUNDLE_FILE).write_text(toml_text(document), encoding="utf-8")
-    load_bundle(out_dir)
+    file = out_dir / BUNDLE_FILE
+    file.write_text(toml_text(document), encoding="utf-8")
+    try:
+        load_bundle(out_dir)
+    except Exception:
+        file.unlink()  # never leave a bundle that discovery would skip with a warning
+        raise
     return out_dir
