@@ -18,8 +18,9 @@ optionally ``risk`` ``[B, 1]`` and, by ``explain.method``:
   follows global pooling);
 * ``grad-cam``: ``activations`` ``[B, N, K, h, w]`` (last convolution of each instance),
   ``features`` ``[B, N, K]`` (their global average) and ``attention`` ``[B, N]``; the bundle's
-  ``head.onnx`` maps ``features`` to the explained ``logit`` ``[B]`` and its gradient is taken
-  by central differences in ONNX Runtime (pooling makes dlogit/dA_k = dlogit/df_k / (h w)).
+  ``head.onnx`` (float64) maps ``features`` to the explained ``logit`` ``[B]`` and its gradient
+  is taken by central differences in ONNX Runtime (pooling makes dlogit/dA_k = dlogit/df_k /
+  (h w)).
 
 Channel contributions are occlusions: the log-odds minus the log-odds with that channel
 replaced by a uniform liver signal (1.0 after normalisation) - the same substitution the
@@ -241,17 +242,20 @@ class GraphSession:
                                              providers=list(providers))
         self.inputs = tuple(i.name for i in self._session.get_inputs())
         self.outputs = tuple(o.name for o in self._session.get_outputs())
+        self._dtypes = {i.name: np.float64 if i.type == "tensor(double)" else np.float32
+                        for i in self._session.get_inputs()}
 
     @property
     def providers(self) -> tuple[str, ...]:
         return tuple(self._session.get_providers())
 
-    def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> dict[str, FloatArray]:
-        """Every output by name; feeds the graph does not take are ignored."""
-        feed = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()
+    def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Every output by name (float32, or float64 from a double graph such as the head
+        Grad-CAM differentiates); feeds the graph does not take are ignored."""
+        feed = {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in feeds.items()
                 if k in self.inputs}
         values = self._session.run(list(self.outputs), feed)
-        return {n: np.asarray(v, np.float32) for n, v in zip(self.outputs, values, strict=True)}
+        return {n: np.asarray(v) for n, v in zip(self.outputs, values, strict=True)}
 
 
 _GRAPHS: dict[tuple[str, int, str, int | None], GraphSession] = {}
@@ -374,26 +378,29 @@ def _in_graph(spec: ImageSpec, maps: FloatArray) -> tuple[ExplanationSlice, ...]
     return tuple(slices)
 
 
-def _grad_cam(spec: ImageSpec, out: Mapping[str, FloatArray], head: GraphSession,
-              crop_yx: Sequence[int], sign: float = 1.0, eps: float = 1e-2
+def _grad_cam(spec: ImageSpec, out: Mapping[str, npt.NDArray[Any]], head: GraphSession,
+              crop_yx: Sequence[int], sign: float = 1.0, eps: float = 1e-4
               ) -> tuple[ExplanationSlice, ...]:
-    """Grad-CAM of the top-attended instances; the head's gradient by central differences."""
+    """Grad-CAM of the top-attended instances; the head's gradient by central differences
+    (the head graph runs in float64, so a step of 1e-4 loses no digits that matter)."""
     activations, features = out["activations"][0], out["features"][0]
     attention = out["attention"][0]
     top = np.argsort(-attention)[: spec.top_instances]
     n_features = features.shape[-1]
+    features = features.astype(np.float64)
     rows = []
     for n in top:
         for k in range(n_features):
-            for sign in (1.0, -1.0):
+            for step in (eps, -eps):
                 row = features.copy()
-                row[n, k] += sign * eps
+                row[n, k] += step
                 rows.append(row)
     logits = head.run({"features": np.stack(rows)})["logit"].reshape(-1)
     gradient = sign * ((logits[0::2] - logits[1::2]) / (2 * eps)).reshape(len(top), n_features)
     slices = []
     for i, n in enumerate(top):
-        cam = np.maximum(np.tensordot(gradient[i], activations[n], axes=(0, 0)), 0.0)
+        weights = gradient[i] / float(activations.shape[-1] * activations.shape[-2])
+        cam = np.maximum(np.tensordot(weights, activations[n], axes=(0, 0)), 0.0)
         channel = spec.instances[n] if n < len(spec.instances) else str(n)
         crop_z = spec.instance_slices[n] if n < len(spec.instance_slices) else 0
         slices.append(ExplanationSlice(channel, crop_z, upsample(cam, crop_yx),

@@ -59,10 +59,13 @@ def augment(x: FloatArray, margin: int, rng: np.random.Generator) -> FloatArray:
 def train_binary(model: nn.Module, x: FloatArray, y: npt.NDArray[np.int_], *, margin: int,
                  epochs: int, lr: float, batch: int, seed: int, weight_decay: float = 1e-4,
                  optimiser: str = "sgd", progress: Progress | None = None,
-                 label: str = "training") -> list[float]:
+                 label: str = "training", validation: tuple[FloatArray, Any] | None = None,
+                 patience: int = 0) -> list[float]:
     """Binary cross-entropy on augmented batches; learning rate divided by 10 when the
     epoch loss has not improved for ``max(3, epochs // 8)`` epochs (seed 004's plateau rule,
-    shortened). Returns the loss per epoch."""
+    shortened). With ``validation`` and ``patience`` (seed 000): stop after ``patience``
+    epochs without a better validation loss and keep the best weights. Returns the loss per
+    epoch."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -74,7 +77,9 @@ def train_binary(model: nn.Module, x: FloatArray, y: npt.NDArray[np.int_], *, ma
     positives = float(y.mean()) if len(y) else 0.5
     pos_weight = torch.tensor([(1 - positives) / max(positives, 1e-3)])
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    history = []
+    history: list[float] = []
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    flat = 0
     model.train()
     for epoch in range(epochs):
         order = rng.permutation(len(y))
@@ -89,14 +94,33 @@ def train_binary(model: nn.Module, x: FloatArray, y: npt.NDArray[np.int_], *, ma
             loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         history.append(total / max(len(y), 1))
         plateau.step(history[-1])
         if progress is not None:
             progress(f"{label}: epoch {epoch + 1}/{epochs}, loss {history[-1]:.3f}",
                      epoch + 1, epochs)
+        if validation is not None and patience > 0:
+            loss = _validation_loss(model, validation, margin, loss_fn)
+            model.train()
+            if best is None or loss < best[0] - 1e-4:
+                best, flat = (loss, {k: v.detach().clone()
+                                     for k, v in model.state_dict().items()}), 0
+            else:
+                flat += 1
+                if flat >= patience:
+                    break
+    if best is not None:
+        model.load_state_dict(best[1])
     model.eval()
     return history
+
+
+def _validation_loss(model: nn.Module, validation: tuple[FloatArray, Any], margin: int,
+                     loss_fn: nn.Module) -> float:
+    x, y = validation
+    logits = torch.from_numpy(predict_logits(model, x, margin).astype(np.float32))
+    return float(loss_fn(logits, torch.from_numpy(np.asarray(y, np.float32))))
 
 
 def predict_logits(model: nn.Module, x: FloatArray, margin: int, batch: int = 16

@@ -49,6 +49,18 @@ def add_parsers(families: argparse._SubParsersAction[argparse.ArgumentParser]) -
     dcr.add_argument("--folds", type=int, default=3, help="cross-fitting folds for the SVM")
     dcr.add_argument("--kernel", choices=("auto", "linear", "rbf"), default="auto")
     dcr.set_defaults(func=run_cli, kind="inception-svm")
+    orr = families.add_parser(
+        "resnet-mil", help="seed 000: four-phase MRI 2.5-D ResNet + Transformer MIL (ORR)")
+    _common(orr, "orr")
+    orr.set_defaults(epochs=30, crop=48, spacing=2.5, margin=6, width=8)
+    orr.add_argument("--phases", default="PRE,AP,PVP,DP")
+    orr.add_argument("--slices", type=int, default=9,
+                     help="slices through the tumour per phase (each an instance)")
+    orr.add_argument("--features", type=int, default=32, help="encoder features")
+    orr.add_argument("--dim", type=int, default=32, help="Transformer width (8 heads)")
+    orr.add_argument("--patience", type=int, default=5, help="early-stopping epochs")
+    orr.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    orr.set_defaults(func=run_cli, kind="resnet-mil")
 
 
 def run_training(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
@@ -57,6 +69,8 @@ def run_training(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
     args.segmentation = Path(args.segmentation).resolve()
     if args.kind == "inception-svm":
         return deep_training.train_inception_svm(args, progress)
+    if args.kind == "resnet-mil":
+        return deep_training.train_resnet_mil(args, progress)
     raise ValueError(f"unknown family {args.kind}")
 
 

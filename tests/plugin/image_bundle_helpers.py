@@ -45,3 +45,49 @@ def tiny_dcr_bundle(folder: Path, crop: int = 32, seed: int = 0) -> Bundle:
         "training": {"label": "dcr", "data": "random tensors (test)"},
     })
     return load_bundle(folder)
+
+
+ORR_PHASES = ("PRE", "AP", "PVP", "DP")
+
+
+def tiny_orr_bundle(folder: Path, crop: int = 16, slices: int = 3, seed: int = 0,
+                    train: bool = True) -> tuple[Bundle, object]:
+    """A seed-000 bundle (2.5-D ResNet + Transformer MIL, Grad-CAM) and its torch model."""
+    import torch
+
+    from inference.training.deep_models import ResNetMil
+    from inference.training.deep_orr import OrrConfig, OrrModel, export_orr, fit_orr
+    from inference.training.deep_orr import instance_layout
+
+    z = slices + 2
+    rng = np.random.default_rng(seed)
+    if train:
+        n, margin = 12, 2
+        y = np.arange(n) % 2
+        images = rng.normal(1.0, 0.2, (n, len(ORR_PHASES), z, crop + 2 * margin,
+                                       crop + 2 * margin)).astype(np.float32)
+        images[y == 1, 1] += 0.5
+        config = OrrConfig(width=2, features=4, dim=8, epochs=1, batch=4, margin=margin,
+                           seed=seed, patience=0)
+        model = fit_orr(images, y, config)
+    else:
+        torch.manual_seed(seed)
+        model = OrrModel(ResNetMil(len(ORR_PHASES), z, 2, 4, dim=8).eval())
+    folder.mkdir(parents=True, exist_ok=True)
+    export_orr(model, (z, crop, crop), len(ORR_PHASES), folder)
+    names, zs = instance_layout(ORR_PHASES, z)
+    write_bundle_toml(folder, {
+        "name": "test-orr-image", "version": "0.0.1", "family": "response",
+        "intended_use": "RESEARCH USE ONLY - test bundle.",
+        "model_file": "model.onnx", "extra_files": ["head.onnx"],
+        "inputs": {"kind": "image", "phases": list(ORR_PHASES)},
+        "preprocessing": {"spacing_mm": [4.0, 4.0, 3.0], "normalisation": "liver_median",
+                          "patch_size": [z, crop, crop]},
+        "outputs": {"labels": ["no objective response", "objective response"]},
+        "thresholds": {"probability": 0.5},
+        "explain": {"method": "grad-cam"},
+        "image": {"head_file": "head.onnx", "instances": names, "instance_slices": zs,
+                  "top_instances": 2},
+        "training": {"label": "orr", "data": "random tensors (test)"},
+    })
+    return load_bundle(folder), model.model
