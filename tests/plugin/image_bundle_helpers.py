@@ -56,8 +56,13 @@ def tiny_orr_bundle(folder: Path, crop: int = 16, slices: int = 3, seed: int = 0
     import torch
 
     from inference.training.deep_models import ResNetMil
-    from inference.training.deep_orr import OrrConfig, OrrModel, export_orr, fit_orr
-    from inference.training.deep_orr import instance_layout
+    from inference.training.deep_orr import (
+        OrrConfig,
+        OrrModel,
+        export_orr,
+        fit_orr,
+        instance_layout,
+    )
 
     z = slices + 2
     rng = np.random.default_rng(seed)
