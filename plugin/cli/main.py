@@ -295,24 +295,9 @@ def _job_json(job: object) -> dict[str, object]:
 
 
 def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("models", help="list the installed model bundles")
-    p.add_argument("--config", type=Path)
-    p.set_defaults(func=_models)
+    from plugin.cli import models as models_cli
 
-
-def _models(args: argparse.Namespace) -> int:
-    from plugin.node.config import load_config
-    from plugin.pipeline.models import installed_bundles
-
-    config = load_config(args.config)
-    table = Table(title="Installed model bundles")
-    for column in ("name", "version", "family", "inputs", "trained on", "path"):
-        table.add_column(column)
-    for b in installed_bundles(config.pipeline.bundle_dirs):
-        table.add_row(b.name, b.version, b.family, ", ".join(b.inputs.phases),
-                      str(b.training.get("data", "")), str(b.path))
-    console.print(table)
-    return 0
+    models_cli.add_parser(sub)
 
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

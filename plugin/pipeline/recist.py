@@ -259,7 +259,8 @@ def recist_step(ctx: StudyContext) -> None:
     bundle, session = ctx.inputs.bundle, ctx.extra["session"]
 
     def segment_labels(channels: list[Volume]) -> npt.NDArray[np.integer]:
-        return segment(bundle, session, [v.array for v in channels], channels[0].spacing).labels
+        return segment(bundle, session, [v.array for v in channels], channels[0].spacing,
+                       direction=channels[0].direction).labels
 
     first = ctx.inputs.datasets[0]
     current = timepoint_of(first, ctx.reference_volume, ctx.segmentation.labels,

@@ -22,7 +22,7 @@ def segment_step(ctx: StudyContext) -> None:
     ctx.providers = list(getattr(session, "providers", []))
     ctx.extra["session"] = session
     ctx.segmentation = segment(bundle, session, [v.array for v in ctx.channels],
-                               reference.spacing)
+                               reference.spacing, direction=reference.direction)
 
 
 def reader_roi_step(ctx: StudyContext) -> None:
