@@ -20,13 +20,19 @@ from scipy import ndimage
 
 from inference.bundle import Bundle, BundleError
 from inference.measurements import LIVER, TUMOUR
-from inference.preprocess import prepare_channels, resample_to_shape
+from inference.preprocess import Box, prepare_channels, zoom_linear
 from inference.runtime import Session
-from inference.sliding_window import Predictor, Progress, sliding_window_predict
+from inference.sliding_window import (
+    Predictor,
+    Progress,
+    sliding_window_predict,
+    window_starts,
+)
 
 __all__ = [
     "DEFAULT_MIN_LESION_ML",
     "DEFAULT_ORGAN_MARGIN_MM",
+    "DEFAULT_ROI_MARGIN_MM",
     "SUPPORTED_NORMALISATIONS",
     "SegmentationResult",
     "pad_thin_volume",
@@ -40,6 +46,9 @@ LabelArray = npt.NDArray[np.uint8]
 SUPPORTED_NORMALISATIONS = ("robust_scale",)
 DEFAULT_MIN_LESION_ML = 0.2
 DEFAULT_ORGAN_MARGIN_MM = 5.0
+DEFAULT_ROI_MARGIN_MM = 20.0
+COARSE_KEEP_SHARE = 0.05
+"""Coarse-pass components at least this share of the largest one count as organ."""
 
 
 @dataclass(frozen=True)
@@ -55,19 +64,29 @@ class SegmentationResult:
     liver_probability: FloatArray
     timings: dict[str, float]
     providers: tuple[str, ...] = ()
+    region_zyx: tuple[tuple[int, int], ...] | None = None
+    """The input-grid box ``(start, stop)`` per axis that the network segmented at full
+    resolution (coarse-to-fine), or None: the whole volume."""
 
 
 def segment(bundle: Bundle, session: Session,
             channels: Sequence[npt.NDArray[np.floating]] | Mapping[str, npt.NDArray[np.floating]],
             spacing_xyz: Sequence[float], *, overlap: float = 0.25, batch_size: int = 1,
             progress: Progress | None = None,
-            direction: Sequence[float] | None = None) -> SegmentationResult:
+            direction: Sequence[float] | None = None,
+            coarse_to_fine: bool = True) -> SegmentationResult:
     """Segment liver and tumours in co-registered phase volumes ``[z, y, x]`` on one grid.
 
     ``channels`` is in ``bundle.inputs.phases`` order, or a mapping phase → volume.
     ``direction`` (the volumes' row-major 3x3, LPS) is needed by imported bundles that
     reorient their input; those run as their framework does (``inference.imported``), with
     its own window overlap and batching.
+
+    ``coarse_to_fine``: the network first runs once on the volume at half resolution to
+    find the liver, then at full resolution only on the liver's box grown by the bundle's
+    ``thresholds.roi_margin_mm`` (default 20 mm); a liver reaching the edge of that box
+    grows it, and when the box would cost as many windows as the whole volume the whole
+    volume is segmented. Outside the box nothing is liver or tumour (probabilities 0).
     """
     volumes = _ordered_channels(bundle, channels)
     if bundle.kind != "hepatica":
@@ -77,23 +96,168 @@ def segment(bundle: Bundle, session: Session,
     liver_index, tumour_index = _output_indices(bundle)
     _check_normalisation(bundle)
     timings: dict[str, float] = {}
+    shape = volumes[0].shape
     with _timed(timings, "total"):
         with _timed(timings, "prepare"):
             x = prepare_channels(volumes, spacing_xyz, bundle.spacing_mm)
         with _timed(timings, "predict"):
-            x, depth = pad_thin_volume(x, bundle.patch_size[0])
-            probabilities = sliding_window_predict(
-                x, _predictor(session, bundle.output_activation), bundle.patch_size,
-                overlap=overlap, batch_size=batch_size, progress=progress)[:, depth]
+            window = Window(_predictor(session, bundle.output_activation), bundle.patch_size,
+                            overlap, batch_size, progress)
+            margin = bundle.threshold("roi_margin_mm", DEFAULT_ROI_MARGIN_MM)
+            model_probabilities, model_box = _predict(
+                x, window, (liver_index, tumour_index), bundle.spacing_mm,
+                margin if coarse_to_fine else None)
         with _timed(timings, "resample"):
-            probabilities = resample_to_shape(probabilities, volumes[0].shape, order=1)
+            box = _input_box(model_box, x.shape[1:], shape)
+            probabilities = zoom_linear(model_probabilities, shape, out_box=box,
+                                        in_start=[b.start for b in model_box],
+                                        full_in_shape=x.shape[1:])
         with _timed(timings, "postprocess"):
-            labels = postprocess(_raw_labels(probabilities, liver_index, tumour_index),
-                                 spacing_xyz,
-                                 bundle.threshold("min_lesion_ml", DEFAULT_MIN_LESION_ML),
-                                 bundle.threshold("organ_margin_mm", DEFAULT_ORGAN_MARGIN_MM))
-    return SegmentationResult(labels, probabilities[tumour_index], probabilities[liver_index],
-                              timings, tuple(session.providers))
+            labels = np.zeros(shape, dtype=np.uint8)
+            labels[box] = postprocess(
+                _raw_labels(probabilities, liver_index, tumour_index), spacing_xyz,
+                bundle.threshold("min_lesion_ml", DEFAULT_MIN_LESION_ML),
+                bundle.threshold("organ_margin_mm", DEFAULT_ORGAN_MARGIN_MM))
+            tumour, liver = (_on_grid(probabilities[i], box, shape)
+                             for i in (tumour_index, liver_index))
+    region = None if all(b.stop - b.start == n for b, n in zip(box, shape, strict=True)) else \
+        tuple((b.start, b.stop) for b in box)
+    return SegmentationResult(labels, tumour, liver, timings, tuple(session.providers),
+                              region)
+
+
+@dataclass(frozen=True)
+class Window:
+    """The sliding window a bundle's network runs in (patch, overlap, batching)."""
+
+    predict: Predictor
+    patch: tuple[int, int, int]
+    overlap: float = 0.25
+    batch_size: int = 1
+    progress: Progress | None = None
+
+    def run(self, x: FloatArray, overlap: float | None = None) -> FloatArray:
+        return sliding_window_predict(x, self.predict, self.patch,
+                                      overlap=self.overlap if overlap is None else overlap,
+                                      batch_size=self.batch_size, progress=self.progress)
+
+    def count(self, shape: Sequence[int], overlap: float | None = None) -> int:
+        """How many windows (network runs) a region of ``shape`` costs."""
+        padded = [max(int(n), p) for n, p in zip(shape, self.patch, strict=True)]
+        return len(window_starts(padded, self.patch,
+                                 self.overlap if overlap is None else overlap))
+
+
+def _predict(x: FloatArray, window: Window, foreground: tuple[int, int],
+             spacing_mm: Sequence[float], margin_mm: float | None
+             ) -> tuple[FloatArray, Box]:
+    """Probabilities ``[K, box]`` on the model grid and the box they cover (coarse-to-fine
+    when ``margin_mm`` is given and it saves windows; else the whole volume)."""
+    spatial = x.shape[1:]
+    whole: Box = (slice(0, spatial[0]), slice(0, spatial[1]), slice(0, spatial[2]))
+    padded, depth = pad_thin_volume(x, window.patch[0])
+    n_whole = window.count(spatial)
+    coarse_shape = _coarse_shape(spatial, window.patch)
+    n_coarse = window.count(coarse_shape, overlap=0.0)
+    if margin_mm is None or padded is not x or n_whole <= n_coarse + 1:
+        return window.run(padded)[:, depth], whole
+    reach = [math.ceil(margin_mm / float(s)) for s in spacing_mm[::-1]]
+    box = _coarse_box(x, window, coarse_shape, foreground, reach)
+    while box is not None and window.count(_size(box)) + n_coarse < n_whole:
+        probabilities = window.run(x[(slice(None), *box)])
+        grown = _grown(box, _organ(probabilities, foreground), spatial, reach, window.patch)
+        if grown == box:
+            return probabilities, box
+        box = grown
+    return window.run(x), whole
+
+
+def _size(box: Box) -> tuple[int, ...]:
+    return tuple(b.stop - b.start for b in box)
+
+
+def _coarse_shape(spatial: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
+    """Half the resolution along every axis longer than the patch."""
+    return tuple(round(n / 2) if n > p else int(n) for n, p in zip(spatial, patch, strict=True))
+
+
+def _coarse_box(x: FloatArray, window: Window, coarse_shape: tuple[int, ...],
+                foreground: tuple[int, int], reach: Sequence[int]) -> Box | None:
+    """The organ's box on the model grid from a half-resolution pass (non-overlapping
+    windows), grown by ``reach`` voxels and to at least one patch; None: nothing found."""
+    spatial = x.shape[1:]
+    coarse = window.run(zoom_linear(x, coarse_shape), overlap=0.0)
+    organ = _organ(coarse, foreground, keep_share=COARSE_KEEP_SHARE)
+    found = ndimage.find_objects(organ.astype(np.uint8))
+    if not found or found[0] is None:
+        return None
+    box = []
+    for b, n, c, r, p in zip(found[0], spatial, coarse_shape, reach, window.patch, strict=True):
+        scale = n / c
+        start = max(math.floor(b.start * scale) - r, 0)
+        stop = min(math.ceil(b.stop * scale) + r, n)
+        box.append(_at_least(start, stop, p, n))
+    return box[0], box[1], box[2]
+
+
+def _at_least(start: int, stop: int, length: int, n: int) -> slice:
+    """``start:stop`` widened evenly to ``length`` voxels where the axis allows."""
+    missing = length - (stop - start)
+    if missing > 0:
+        start = max(start - missing // 2, 0)
+        stop = min(start + length, n)
+        start = max(stop - length, 0)
+    return slice(start, stop)
+
+
+def _organ(probabilities: FloatArray, foreground: tuple[int, int],
+           keep_share: float | None = None) -> npt.NDArray[np.bool_]:
+    """Liver-or-tumour winners: the largest connected component, or (``keep_share``) every
+    component at least that share of the largest."""
+    winner = np.argmax(probabilities, axis=0)
+    mask = (winner == foreground[0]) | (winner == foreground[1])
+    components, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    if keep_share is None:
+        return np.asarray(components == int(np.argmax(sizes)))
+    return np.asarray((sizes >= keep_share * sizes.max())[components])
+
+
+def _grown(box: Box, organ: npt.NDArray[np.bool_], spatial: Sequence[int],
+           reach: Sequence[int], patch: Sequence[int]) -> Box:
+    """``box`` grown on every side where the organ touches it inside the volume."""
+    out = list(box)
+    for axis in range(3):
+        step = max(reach[axis], patch[axis] // 2)
+        first = np.take(organ, 0, axis=axis).any()
+        last = np.take(organ, organ.shape[axis] - 1, axis=axis).any()
+        start, stop = box[axis].start, box[axis].stop
+        if first and start > 0:
+            start = max(start - step, 0)
+        if last and stop < spatial[axis]:
+            stop = min(stop + step, spatial[axis])
+        out[axis] = slice(start, stop)
+    return out[0], out[1], out[2]
+
+
+def _input_box(model_box: Box, model_shape: Sequence[int], input_shape: Sequence[int]) -> Box:
+    """The input-grid voxels whose centres the model-grid box covers (grid-mode scaling)."""
+    out = []
+    for b, m, n in zip(model_box, model_shape, input_shape, strict=True):
+        scale = n / m
+        out.append(slice(max(math.floor(b.start * scale), 0), min(math.ceil(b.stop * scale), n)))
+    return out[0], out[1], out[2]
+
+
+def _on_grid(values: FloatArray, box: Box, shape: Sequence[int]) -> FloatArray:
+    if values.shape == tuple(shape):
+        return np.ascontiguousarray(values)
+    out = np.zeros(tuple(shape), dtype=np.float32)
+    out[box] = values
+    return out
 
 
 def pad_thin_volume(x: FloatArray, patch_depth: int) -> tuple[FloatArray, slice]:
