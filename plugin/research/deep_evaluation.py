@@ -188,3 +188,52 @@ def summary(scores: DeepScores, labels: Mapping[str, int], radius_mm: float = 10
                 f"heatmap_mass_within_{radius_mm:g}mm_mean": round(float(np.mean(shares)), 4),
                 "heatmaps_at_least_70pct": round(float(np.mean(np.array(shares) >= 0.7)), 4)}
     return out
+
+
+IMAGE_ROBUSTNESS_METHOD = (
+    "image bundles: the dropped phase's channel of the prepared crop is replaced by a uniform "
+    "liver signal (1.0 after liver-median normalisation), so it carries no information about "
+    "the lesion; every other channel and clinical input stays as served. 'all image inputs' "
+    "replaces every channel.")
+
+
+def run_image_bundles(bundles: Sequence[Bundle], cohort_dir: Path, out_dir: Path,
+                      patients: Sequence[str] | None = None, workers: int = 1,
+                      phantom_seed: int = 0, segmentation: Path | None = None,
+                      progress: Progress | None = None) -> Any:
+    """``hepatica evaluate --run`` for image bundles: served scores of a phantom cohort and
+    the phase-occlusion scores, written as predictions.csv / predictions_dropped.csv;
+    returns ``plugin.research.evaluate_run.RunResult``."""
+    from plugin.research.deep_training import DEFAULT_SEGMENTATION
+    from plugin.research.evaluate_run import RunResult
+
+    rows = read_rows(cohort_dir)
+    pids = list(patients) if patients is not None else [r["patient_id"] for r in rows]
+    seg = Path(segmentation or DEFAULT_SEGMENTATION)
+    all_scores = {b.name: score_cohort(b, cohort_dir, pids, seg, phantom_seed, workers,
+                                       progress) for b in bundles}
+    predictions, dropped = out_dir / "predictions.csv", out_dir / "predictions_dropped.csv"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with predictions.open("w", newline="") as p_handle, dropped.open("w", newline="") as d:
+        p_writer, d_writer = csv.writer(p_handle), csv.writer(d)
+        p_writer.writerow(["patient_id", "model", "score", "log_odds", "threshold"])
+        d_writer.writerow(["patient_id", "model", "dropped", "inputs_removed", "score"])
+        for bundle in bundles:
+            threshold = bundle.threshold("probability", 0.5)
+            scores = all_scores[bundle.name]
+            for pid, p in scores.predictions.items():
+                q = p.positive_probability
+                p_writer.writerow([pid, bundle.name, repr(q), repr(_logit(q)), repr(threshold)])
+            for pid, values in scores.dropped.items():
+                for name, value in values.items():
+                    removed = ("every image channel" if name == ALL_CHANNELS
+                               else f"{name} channel (uniform liver signal)")
+                    d_writer.writerow([pid, bundle.name, name, removed, repr(value)])
+    labels = {str(b.training.get("label", "")) for b in bundles}
+    notes = tuple(f"{b.name}: {len(all_scores[b.name].skipped)} patients not scored "
+                  f"({'; '.join(sorted(set(all_scores[b.name].skipped.values())))})"
+                  for b in bundles if all_scores[b.name].skipped)
+    return RunResult(predictions, dropped, cohort_dir / "cohort.csv",
+                     labels.pop() if len(labels) == 1 else None,
+                     {b.name: b.threshold("probability", 0.5) for b in bundles}, notes,
+                     {b.name: len(all_scores[b.name].predictions) for b in bundles})
