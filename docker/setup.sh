@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # HEPATICA_SYSTEM_TOOLS: "path:package" pairs; images override it to install less.
-tools=${HEPATICA_SYSTEM_TOOLS-/usr/bin/storescp:dcmtk /usr/bin/dciodvfy:dicom3tools /usr/bin/chromium:chromium /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancPython.so:orthanc-python /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml /usr/bin/java:default-jre-headless /usr/share/java/pixelmed.jar:libpixelmed-java /usr/bin/ojph_compress:openjph-tools /usr/bin/redis-server:redis-server /usr/bin/curl:curl}
+tools=${HEPATICA_SYSTEM_TOOLS-/usr/bin/storescp:dcmtk /usr/bin/openssl:openssl /usr/bin/dciodvfy:dicom3tools /usr/bin/chromium:chromium /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancPython.so:orthanc-python /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml /usr/bin/java:default-jre-headless /usr/share/java/pixelmed.jar:libpixelmed-java /usr/bin/ojph_compress:openjph-tools /usr/bin/redis-server:redis-server /usr/bin/curl:curl}
 need_apt=()
 for tool in $tools; do
   [ -e "${tool%%:*}" ] || need_apt+=("${tool##*:}")
