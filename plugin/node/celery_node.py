@@ -23,17 +23,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import Any
 
-from dicom_io.privacy import redact, use_installation_key
+from dicom_io.privacy import redact
 from plugin.node.celery_app import TASK_NAME, broker_url, make_app, task_id
 from plugin.node.config import HepaticaConfig
 from plugin.node.jobs import Job, JobQueue, JobState, JobStateError
-from plugin.node.worker import Inbox, Worker, exclusive_lock
+from plugin.node.lifecycle import NodeThreads
+from plugin.node.worker import Inbox, Worker
 
 __all__ = ["CeleryDispatcher"]
 
@@ -44,7 +44,7 @@ HEARTBEAT_SECONDS = 5.0
 
 
 @dataclass
-class CeleryDispatcher:
+class CeleryDispatcher(NodeThreads):
     """Start, stop, run_forever: the same life cycle as :class:`Worker`, which it uses for
     delivery retries only."""
 
@@ -53,9 +53,6 @@ class CeleryDispatcher:
     inbox: Inbox
     worker: Worker
     source: str = "spool"
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _threads: list[threading.Thread] = field(default_factory=list, init=False)
-    _lock_file: IO[str] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.app = make_app(self.config)
@@ -65,40 +62,16 @@ class CeleryDispatcher:
 
     # ----------------------------------------------------------------- life cycle
     def start(self, name: str = "hepatica-dispatch") -> None:
-        self._lock_file = exclusive_lock(self.config.data_dir / "worker.lock")
-        use_installation_key(self.config.data_dir)
+        self._take_data_dir()
         version = self.queue.pipeline_version
         for job in self.queue.list([JobState.SENDING], pipeline_version=version):
             self.queue.send_failed(job.id, "interrupted while sending (node stopped)", 0.0)
         self.queue.restart_clocks()
         loops: list[Callable[[], None]] = [self._dispatch_loop, self._collect_loop,
                                            self._delivery_loop, self._heartbeat_loop]
-        for i, target in enumerate(loops):
-            thread = threading.Thread(target=target, name=f"{name}-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._run_threads(loops, name)
         log.info("jobs go to Celery queue %r at %s", self.config.celery.queue,
                  _without_password(self.config.celery.url))
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        self.queue.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
-
-    def run_forever(self) -> None:
-        try:
-            while not self._stop.is_set():
-                time.sleep(0.5)
-        finally:
-            self.stop()
-
-    @property
-    def alive(self) -> list[str]:
-        return [thread.name for thread in self._threads if thread.is_alive()]
 
     def depth(self) -> dict[str, int]:
         """Tasks waiting in the broker's list (for ``hepatica_queue_depth{queue="celery"}``)."""

@@ -24,7 +24,6 @@ import fcntl
 import json
 import logging
 import os
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,11 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
-from dicom_io.privacy import identifiers_of, redact, use_installation_key
+from dicom_io.privacy import identifiers_of, redact
 from dicom_io.spool import InvalidInstanceError
 from dicom_io.uids import InvalidUidError, path_under
 from plugin.node.config import HepaticaConfig
 from plugin.node.jobs import Job, JobQueue, JobState, JobStateError
+from plugin.node.lifecycle import NodeThreads
 from plugin.pipeline.models import NoModelError
 from plugin.pipeline.prediction import ResponseSettings
 from plugin.pipeline.recist import PriorSettings
@@ -117,7 +117,7 @@ def pipeline_settings(config: HepaticaConfig, priors: PriorSettings | None) -> P
 
 
 @dataclass
-class Worker:
+class Worker(NodeThreads):
     """``workers`` processing threads and one delivery thread over one job queue."""
 
     config: HepaticaConfig
@@ -128,9 +128,6 @@ class Worker:
     heartbeat: Path | None = None
     heartbeat_info: dict[str, Any] = field(default_factory=dict)
     policy: DeliveryPolicy | None = None
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _threads: list[threading.Thread] = field(default_factory=list, init=False)
-    _lock_file: IO[str] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.policy is None:
@@ -139,8 +136,7 @@ class Worker:
     # ----------------------------------------------------------------- life cycle
     def start(self, name: str = "hepatica") -> None:
         """Take the database, recover what a crash left, restart quiet periods, then work."""
-        self._lock_file = exclusive_lock(self.config.data_dir / "worker.lock")
-        use_installation_key(self.config.data_dir)
+        self._take_data_dir()
         for job in self.queue.recover(self.config.pipeline.max_attempts):
             log.info("recovered job %d (study …%s) as %s", job.id, job.study_uid[-12:],
                      job.state)
@@ -151,33 +147,7 @@ class Worker:
         self._beat("starting")
         loops: list[Callable[[], None]] = [self._process_loop] * self.config.pipeline.workers
         loops += [self._delivery_loop, self._heartbeat_loop]
-        for i, target in enumerate(loops):
-            thread = threading.Thread(target=target, name=f"{name}-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Let running jobs finish (up to ``timeout``); unfinished ones recover at restart."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        self.queue.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
-
-    def run_forever(self) -> None:
-        """Block until SIGINT/SIGTERM (raised as KeyboardInterrupt/SystemExit), then stop."""
-        try:
-            while not self._stop.is_set():
-                time.sleep(0.5)
-        finally:
-            self.stop()
-
-    @property
-    def alive(self) -> list[str]:
-        """Names of the worker threads still running (all of them, unless stopped)."""
-        return [thread.name for thread in self._threads if thread.is_alive()]
+        self._run_threads(loops, name)
 
     # ----------------------------------------------------------------- the loop
     def _process_loop(self) -> None:
