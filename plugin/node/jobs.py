@@ -340,6 +340,31 @@ class JobQueue:
             ).fetchall()
         return sorted((_to_job(row) for row in rows), key=lambda job: job.id)
 
+    def quiet_received(self, quiet_seconds: float) -> list[Job]:
+        """Received studies that have had no new instance for ``quiet_seconds`` (oldest first):
+        the candidates for an early start once their series are known to be what is needed."""
+        now = self._clock()
+        with self._lock:
+            rows = self._conn().execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE pipeline_version = ? AND state = 'received'"
+                " AND last_instance_at <= ? ORDER BY last_instance_at, id",
+                (self.pipeline_version, now - quiet_seconds),
+            ).fetchall()
+        return [_to_job(row) for row in rows]
+
+    def enqueue_if_unchanged(self, study_uid: str, last_instance_at: float) -> Job | None:
+        """Queue a received study, provided no instance arrived since ``last_instance_at``
+        (the moment its series were judged complete); None when it changed or moved on."""
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                f"UPDATE jobs SET state = 'queued', queued_at = ?, updated_at = ?"
+                " WHERE study_uid = ? AND pipeline_version = ? AND state = 'received'"
+                f" AND last_instance_at = ? RETURNING {_COLUMNS}",
+                (now, now, study_uid, self.pipeline_version, last_instance_at),
+            ).fetchone()
+        return None if row is None else _to_job(row)
+
     def restart_clocks(self) -> int:
         """At start-up: the quiet period of every study still receiving starts again now.
 

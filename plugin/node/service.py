@@ -1,7 +1,8 @@
 """`hepatica serve`: listener + persistent queue + the worker loop with DICOM transports.
 
 The C-STORE handler only records the instance in the queue (it never runs inference); the
-worker loop (``plugin.node.worker``) promotes studies that have been quiet for
+worker loop (``plugin.node.worker``) promotes studies that hold every series a model needs
+and have been quiet for ``ready_seconds`` (``plugin.node.readiness``), or any study quiet for
 ``stable_seconds``, claims jobs, runs the pipeline and sends the results by C-STORE. Every
 state lives in SQLite, so a crash loses nothing: on start-up, jobs left running are queued
 again, deliveries left half-way resume, and studies still receiving wait a full quiet period.
@@ -22,8 +23,9 @@ from dicom_io.spool import Spool, StoredInstance
 from plugin.node.config import HepaticaConfig
 from plugin.node.jobs import Job
 from plugin.node.metrics import MeteredQueue
+from plugin.node.readiness import DEFAULT_READY_SECONDS, ReadyInbox
 from plugin.node.status import StatusServer, start_status_server
-from plugin.node.transports import SpoolInbox, dicom_outbox
+from plugin.node.transports import dicom_outbox
 from plugin.node.worker import Worker, pipeline_settings
 from plugin.pipeline.models import installed_version
 from plugin.pipeline.recist import dimse_priors
@@ -47,8 +49,7 @@ class HepaticaService:
         self.queue = MeteredQueue(config.database, self.version)  # counts for /metrics
         # studies C-MOVEd in as priors make no job; the set lives in the job database
         settings = pipeline_settings(config, dimse_priors(config, self.queue.expect_prior))
-        self.worker = Worker(config, self.queue,
-                             SpoolInbox(self.spool, config.pipeline.stable_seconds),
+        self.worker = Worker(config, self.queue, _inbox(config, self.spool),
                              dicom_outbox(config), settings,
                              heartbeat=config.data_dir / HEARTBEAT_FILE,
                              heartbeat_info={"ae_title": config.listener.ae_title})
@@ -114,6 +115,15 @@ class HepaticaService:
             raise OSError(errno.ENOSPC, f"job queue: {exc}") from exc
         log.debug("stored %s for job %d (%s)", hash_identifier(instance.sop_uid), job.id,
                   "new" if instance.new else "duplicate")
+
+
+def _inbox(config: HepaticaConfig, spool: Spool) -> ReadyInbox:
+    """Studies from the spool: started ``ready_seconds`` after their last instance when they
+    hold every series an installed bundle needs, else after the ``stable_seconds`` quiet
+    period (``plugin.node.readiness``)."""
+    p = config.pipeline
+    ready = float(getattr(p, "ready_seconds", DEFAULT_READY_SECONDS))
+    return ReadyInbox(spool, p.stable_seconds, ready, tuple(p.bundle_dirs), tuple(p.phase_rules))
 
 
 def _listener_settings(config: HepaticaConfig) -> ListenerSettings:
