@@ -4,12 +4,21 @@ A C-STORE success tells the sender it may delete its copy, so the bytes must be 
 storage *before* we answer: each file is written to a temporary name in its final
 directory, flushed, ``fsync``-ed, atomically renamed, and the directory is ``fsync``-ed so
 that the rename itself survives a power cut. Layout: ``root/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``.
+
+Group commit (the storage SCP's path): ``store_encoded(..., durable=False)`` writes and
+renames without flushing, and :meth:`Spool.commit` then returns once one flush of the whole
+file system (``syncfs``) has covered that write. Every writer waiting at the same moment
+shares that one flush, and a single flush also replaces the file's and the directory's two
+``fsync`` calls. A write torn by a power cut before its commit was never acknowledged: the
+sender sends it again, and the torn copy is replaced instead of winning as the "first copy".
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -31,6 +40,7 @@ __all__ = [
     "DEFAULT_QUARANTINE_MAX_BYTES",
     "QUARANTINE_DIR",
     "DuplicateInstanceError",
+    "GroupCommit",
     "InstanceIdentity",
     "InvalidInstanceError",
     "Spool",
@@ -38,6 +48,7 @@ __all__ = [
     "is_valid_uid",
     "require_uid",
     "write_durably",
+    "write_pending",
 ]
 
 QUARANTINE_DIR = "_quarantine"
@@ -46,6 +57,8 @@ _LOCK_STRIPES = 64
 _RESCAN_EVERY = 200_000  # SOP UID index rebuilt from disk after this many new instances
 # UIDs are checked by dicom_io.uids (PS3.5 9.1 grammar) before they name a folder or file.
 _PREAMBLE_END = 128
+
+log = logging.getLogger(__name__)
 
 
 class InvalidInstanceError(ValueError):
@@ -188,6 +201,115 @@ def write_durably(target: Path, data: bytes) -> None:
     _fsync_dir(target.parent)
 
 
+def write_pending(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically (temp file, rename) without flushing: durable
+    at the next :meth:`GroupCommit.sync` (new directories included, as the flush covers
+    all of the file system's metadata)."""
+    if not target.parent.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def _torn(path: Path) -> bool:
+    """A stored copy that cannot be a whole Part 10 file: empty, too short for the preamble,
+    or without the ``DICM`` prefix (what a write cut off by a power cut leaves behind)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_PREAMBLE_END + 4)
+    except FileNotFoundError:
+        return False
+    return len(head) < _PREAMBLE_END + 4 or head[_PREAMBLE_END:] != b"DICM"
+
+
+class GroupCommit:
+    """One flush makes every write registered before it durable, for every waiting writer.
+
+    A writer calls :meth:`sync` after its writes; the first one in becomes the leader and
+    flushes (``syncfs`` of each file system registered, one system call each), the others
+    that arrive meanwhile wait and are covered by the next flush, whose leader takes them
+    all at once. Where ``syncfs`` is missing, each flush is a global ``sync``.
+    """
+
+    def __init__(self, *paths: Path) -> None:
+        self._cond = threading.Condition()
+        self._registered = 0
+        self._durable = 0
+        self._leading = False
+        self._failures: list[tuple[int, int, OSError]] = []
+        self._folders: dict[int, Path] = {}
+        for path in paths:
+            self.add(path)
+        self.flushes = 0
+
+    def add(self, path: Path) -> None:
+        """Also flush the file system that holds ``path`` (e.g. the job database's)."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._cond:
+            self._folders.setdefault(os.stat(folder).st_dev, folder)
+
+    def sync(self) -> None:
+        """Return once everything written before this call is durable (raises the OSError of
+        the flush that covered it, if that flush failed)."""
+        with self._cond:
+            self._registered += 1
+            ticket = self._registered
+            while self._durable < ticket:
+                if self._leading:
+                    self._cond.wait()
+                    continue
+                self._leading, start, upto = True, self._durable, self._registered
+                error: OSError | None = None
+                self._cond.release()
+                try:
+                    self._flush()
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._leading, self._durable = False, upto
+                    self.flushes += 1
+                    if error is not None:
+                        self._failures = [*self._failures[-15:], (start, upto, error)]
+                    self._cond.notify_all()
+            failed = next((e for lo, hi, e in self._failures if lo < ticket <= hi), None)
+        if failed is not None:
+            raise failed
+
+    def _flush(self) -> None:
+        for folder in list(self._folders.values()):
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                _syncfs(fd)
+            finally:
+                os.close(fd)
+
+
+def _syncfs(fd: int) -> None:
+    """Flush the file system holding ``fd`` (Linux ``syncfs``; elsewhere a global sync)."""
+    syncfs = getattr(_LIBC, "syncfs", None) if _LIBC is not None else None
+    if syncfs is None:
+        os.sync()
+        return
+    if syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # no C library to load: os.sync() does the flushing
+    _LIBC = None
+
+
 def _same_content(path: Path, data: bytes) -> bool:
     """Cheap size check first, then a byte comparison."""
     try:
@@ -204,6 +326,7 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.group_commit = GroupCommit(self.root)
         self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._index_lock = threading.Lock()
         self._index: dict[str, Path] | None = None
@@ -242,14 +365,18 @@ class Spool:
         return self.store_encoded(data, identity)
 
     def store_encoded(self, data: bytes, identity: InstanceIdentity, *,
-                      source_image: bool = True) -> StoredInstance:
+                      source_image: bool = True, durable: bool = True) -> StoredInstance:
         """File Part 10 bytes whose identity the caller already validated (the SCP path).
 
         The first durable copy of a SOP Instance UID wins: identical bytes again give
         ``new=False``; different bytes raise :class:`DuplicateInstanceError` and leave the
-        stored copy untouched (a job may be reading it).
+        stored copy untouched (a job may be reading it), unless that copy is torn (a write
+        a power cut interrupted before its commit), which the newcomer replaces.
+        ``durable=False``: written and renamed but not flushed; call :meth:`commit` before
+        telling anyone it is stored.
         """
         target = self.instance_path(identity)
+        write = write_durably if durable else write_pending
 
         def result(path: Path, new: bool) -> StoredInstance:
             return StoredInstance(identity.study_uid, identity.series_uid, identity.sop_uid,
@@ -258,8 +385,11 @@ class Spool:
         stripe = self._stripes[zlib.crc32(identity.sop_uid.encode()) % _LOCK_STRIPES]
         with stripe:
             existing = self._existing(identity.sop_uid, target)
-            if existing is None:
-                write_durably(target, data)
+            if existing is None or (existing == target and _torn(target)):
+                if existing is not None:
+                    log.warning("sop=%s: the stored copy is torn (a write cut off before its "
+                                "commit); replaced by the copy sent again", identity.sop_uid)
+                write(target, data)
                 self._remember(identity.sop_uid, target)
                 return result(target, True)
         if existing == target and _same_content(target, data):
@@ -298,6 +428,11 @@ class Spool:
                     for item in series.glob("*.dcm"):
                         index.setdefault(item.stem, item)
         return index
+
+    def commit(self) -> None:
+        """Return once every write made so far (``durable=False`` ones included) is on stable
+        storage; concurrent callers share one flush (:class:`GroupCommit`)."""
+        self.group_commit.sync()
 
     def quarantine(self, data: bytes, reason: str, *,
                    max_bytes: int = DEFAULT_QUARANTINE_MAX_BYTES) -> Path | None:

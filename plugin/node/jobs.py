@@ -192,9 +192,11 @@ class JobQueue:
     instead of reusing the parent's connection, which SQLite forbids across ``fork``.
 
     ``synchronous=FULL``: the listener answers C-STORE success only after the instance is
-    fsynced to the spool, and the job recorded for it must be as durable; NORMAL in WAL mode may
+    durable in the spool, and the job recorded for it must be as durable; NORMAL in WAL mode may
     lose the last commits on power loss, which would leave a stored study that never runs. The
-    cost is one fsync per commit, small next to receiving and processing a study.
+    storage SCP's records are the exception (``record_instance(flush=False)``): they are
+    committed without an fsync of their own and made durable by the spool's group commit (one
+    flush of the file system for the instance, its record and any concurrent ones).
     """
 
     def __init__(
@@ -232,15 +234,19 @@ class JobQueue:
         return connection
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, flush: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction holding SQLite's write lock from its first statement.
 
         Any failure (a full disk makes SQLite raise "database or disk is full" in the middle of
         a statement or at COMMIT) rolls back; a connection that cannot even roll back is
         dropped and opened again on the next call, so the queue works again once space returns.
+        ``flush=False``: COMMIT does not fsync (``synchronous=NORMAL`` for this transaction);
+        the caller makes it durable with a later flush of the file system (group commit).
         """
         with self._lock:
             connection = self._conn()
+            if not flush:
+                connection.execute("PRAGMA synchronous = NORMAL")
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 yield connection
@@ -248,6 +254,10 @@ class JobQueue:
             except BaseException:
                 self._abandon(connection)
                 raise
+            finally:
+                if not flush and self._connection is connection:
+                    with suppress(sqlite3.Error):
+                        connection.execute("PRAGMA synchronous = FULL")
 
     def _abandon(self, connection: sqlite3.Connection) -> None:
         try:
@@ -277,16 +287,18 @@ class JobQueue:
             self._closed = True
 
     # ----------------------------------------------------------------- producers
-    def record_instance(self, study_uid: str, new: bool) -> Job:
+    def record_instance(self, study_uid: str, new: bool, *, flush: bool = True) -> Job:
         """Note one stored instance; ``new`` is False for a duplicate the spool already had.
 
         A duplicate never changes an existing job (a PACS resending a study must not cause a
         second run). A new instance restarts the stability clock, sends a queued job back to
         waiting, re-opens a finished job, and asks a running job to run again when it finishes.
+        ``flush=False`` (the storage SCP's group commit): the record becomes durable with the
+        file-system flush that also makes the instance durable, before the sender is answered.
         """
         checked_uid(study_uid, "StudyInstanceUID")
         now = self._clock()
-        with self._write() as db:
+        with self._write(flush) as db:
             row = self._row_for(db, study_uid)
             if row is None:
                 count = 1 if new else 0

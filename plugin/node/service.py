@@ -47,6 +47,8 @@ class HepaticaService:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(config.spool_dir)
         self.queue = MeteredQueue(config.database, self.version)  # counts for /metrics
+        # the SCP's group commit flushes the job records it writes with the instances
+        self.spool.group_commit.add(config.database.parent)
         # studies C-MOVEd in as priors make no job; the set lives in the job database
         settings = pipeline_settings(config, dimse_priors(config, self.queue.expect_prior))
         self.worker = Worker(config, self.queue, _inbox(config, self.spool),
@@ -107,7 +109,8 @@ class HepaticaService:
         try:
             if self.queue.is_expected_prior(instance.study_uid):
                 return
-            job = self.queue.record_instance(instance.study_uid, instance.new)
+            # made durable by the SCP's group commit before the sender is answered
+            job = self.queue.record_instance(instance.study_uid, instance.new, flush=False)
         except sqlite3.Error as exc:  # e.g. "database or disk is full"
             if instance.new:
                 with suppress(OSError):
