@@ -75,6 +75,12 @@ def tissue_code(name: str) -> int:
     return TISSUES.index(name)
 
 
+_GASES = np.array([TISSUES.index(t) for t in ("air", "bowel_gas", "lung")])
+_SOLID = np.array([0.0 if t in ("air", "bowel_gas", "lung") else 1.0 for t in TISSUES],
+                  dtype=np.float32)
+"""Gas has no texture and no tissue variation (its value is the scanner's, not biology's)."""
+
+
 def table_vector(table: Mapping[str, float]) -> FloatArray:
     """A phase's tissue → intensity table as a vector indexed by tissue code."""
     return np.array([float(table[_PHYSICAL_AS.get(t, t)]) for t in TISSUES], dtype=np.float32)
@@ -85,18 +91,20 @@ class RandomisationConfig:
     """Probabilities and ranges of every randomisation (recorded in the bundle)."""
 
     random_intensity_probability: float = 0.4  # SynthSeg: every tissue a random intensity
-    mean_jitter: float = 0.08  # physical mode: per-tissue shift, share of the 1–99.5 % span
+    mean_jitter: float = 0.06  # physical mode: per-tissue shift (share of the contrast scale)
     scale: tuple[float, float] = (0.8, 1.25)  # isotropic zoom of the anatomy
+    coarse_probability: float = 0.15  # a patch seen at about half resolution, as serving's
+    coarse_scale: tuple[float, float] = (0.45, 0.6)  # coarse-to-fine first pass sees it
     anisotropy: float = 0.1  # per-axis zoom on top
     rotate_deg: tuple[float, float, float] = (15.0, 6.0, 6.0)  # about z, y, x
     elastic_mm: float = 5.0  # s.d. of the coarse displacement field
-    texture: tuple[float, float] = (0.0, 0.08)  # multiplicative smooth texture amplitude
-    tissue_sd: tuple[float, float] = (0.0, 0.04)  # per-tissue voxel s.d. (share of span)
+    texture: tuple[float, float] = (0.0, 0.06)  # smooth texture amplitude (contrast scale)
+    tissue_sd: tuple[float, float] = (0.0, 0.05)  # per-tissue voxel s.d. (contrast scale)
     bias: tuple[float, float] = (0.0, 0.35)  # log-amplitude of the smooth bias field
     blur_mm: tuple[float, float] = (0.0, 1.2)  # extra Gaussian blur (partial volume)
     slice_thickness_mm: tuple[float, float] = (1.0, 8.0)
     pixel_mm: tuple[float, float] = (0.6, 3.0)
-    noise: tuple[float, float] = (0.0, 0.06)  # s.d., share of span (Rician on MR)
+    noise: tuple[float, float] = (0.0, 0.12)  # s.d., share of the contrast scale (Rician MR)
     gamma: tuple[float, float] = (0.7, 1.5)
     window_probability: float = 0.15  # CT delivered already clipped to a window
     fov_circle_probability: float = 0.3  # outside the reconstruction circle: padding
@@ -296,8 +304,8 @@ def _coordinates(shape: tuple[int, ...], centre: npt.NDArray[np.float64],
     The affine part is separable (a sum of three broadcast axes) and the elastic field is
     upsampled by interpolation matrices, both far cheaper than resampling a dense grid.
     """
-    zoom = rng.uniform(*config.scale) * rng.uniform(1 - config.anisotropy,
-                                                    1 + config.anisotropy, 3)
+    sizes = config.coarse_scale if rng.random() < config.coarse_probability else config.scale
+    zoom = rng.uniform(*sizes) * rng.uniform(1 - config.anisotropy, 1 + config.anisotropy, 3)
     turn = _rotation(rng.uniform(-1, 1, 3) * np.array(config.rotate_deg)) / zoom[None, :]
     axes = [(np.arange(p) - (p - 1) / 2) * s for p, s in zip(patch, spacing_zyx, strict=True)]
     out = np.empty((3, *patch), np.float64)
@@ -410,12 +418,13 @@ def synthesise(codes: CodeArray, coords: npt.NDArray[np.float64], table: FloatAr
     coordinates (for the reconstruction circle).
     """
     spacing_zyx = np.array([float(s) for s in spacing_xyz[::-1]])
-    means, span, ct = _means(table, modality, counts, config, rng)
+    means, contrast, ct = _means(table, modality, counts, config, rng)
     image = means[codes]
-    sd = rng.uniform(*config.tissue_sd, len(TISSUES)).astype(np.float32) * np.float32(span)
+    sd = rng.uniform(*config.tissue_sd, len(TISSUES)).astype(np.float32) * np.float32(contrast)
+    sd[_GASES] = 0.0
     image = image + sd[codes] * rng.standard_normal(codes.shape, dtype=np.float32)
     texture = _smooth_field(codes.shape, rng, float(rng.uniform(*config.texture)), 12)
-    image = image + (means[codes] - means[0]) * texture
+    image = image + np.float32(contrast) * texture * _SOLID[codes]
     if not ct:  # coil sensitivity scales the signal, not an offset
         image = image * np.exp(_smooth_field(codes.shape, rng, float(rng.uniform(*config.bias)),
                                              4))
@@ -424,7 +433,7 @@ def synthesise(codes: CodeArray, coords: npt.NDArray[np.float64], table: FloatAr
     if clip is not None:
         image = np.clip(image, *clip)
         means = np.clip(means, *clip)
-    image = _noise(image, span * float(rng.uniform(*config.noise)), ct, rng)
+    image = _noise(image, contrast * float(rng.uniform(*config.noise)), ct, rng)
     lo, hi = _weighted_percentiles(means, counts, (0.01, 0.995))
     image = (image - np.float32(lo)) / np.float32(hi - lo if hi > lo else 1.0)
     if rng.random() < config.fov_circle_probability:
@@ -435,22 +444,24 @@ def synthesise(codes: CodeArray, coords: npt.NDArray[np.float64], table: FloatAr
 def _means(table: FloatArray | None, modality: str, counts: npt.NDArray[np.int64],
            config: RandomisationConfig, rng: np.random.Generator
            ) -> tuple[FloatArray, float, bool]:
-    """Per-tissue means, the case's 1–99.5 % span, and whether they behave as CT."""
+    """Per-tissue means, their contrast scale, and whether they behave as CT.
+
+    The contrast scale is the liver–fat difference of the table (random mode: half the
+    range): jitter, texture and noise are sized by it, not by the air-to-bone span, which on
+    CT is seven times larger and would drown the soft-tissue contrasts (liver 60–110 HU,
+    fat −100, tumour 30 HU off the liver).
+    """
     if table is None:
         means = rng.uniform(0, 1, len(TISSUES)).astype(np.float32)
         if rng.random() < 0.5:  # air stays the darkest, as on every real image
             means[tissue_code("air")] = 0.0
             means[tissue_code("bowel_gas")] = float(rng.uniform(0, 0.1))
-        ct = bool(rng.random() < 0.5)
-    else:
-        means, ct = table.astype(np.float32).copy(), modality == "CT"
-    lo, hi = _weighted_percentiles(means, counts, (0.01, 0.995))
-    span = max(hi - lo, 1e-3)
-    if table is not None:
-        jitter = rng.normal(0, config.mean_jitter * span, len(TISSUES)).astype(np.float32)
-        jitter[[tissue_code("air"), tissue_code("bowel_gas")]] = 0.0
-        means = means + jitter
-    return means, span, ct
+        return means, 0.5, bool(rng.random() < 0.5)
+    means = table.astype(np.float32).copy()
+    contrast = max(abs(float(means[tissue_code("liver")] - means[tissue_code("fat")])), 1e-3)
+    jitter = rng.normal(0, config.mean_jitter * contrast, len(TISSUES)).astype(np.float32)
+    jitter[_GASES] = 0.0
+    return means + jitter, contrast, modality == "CT"
 
 
 def _resolution_sigma(spacing_zyx: npt.NDArray[np.float64], config: RandomisationConfig,
