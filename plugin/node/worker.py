@@ -151,6 +151,7 @@ class Worker(NodeThreads):
 
     # ----------------------------------------------------------------- the loop
     def _process_loop(self) -> None:
+        warm_up(self.settings)
         self._loop("claim a job", self._claim_job, self.run_job)
 
     def _delivery_loop(self) -> None:
@@ -292,6 +293,29 @@ class Worker(NodeThreads):
         tmp = self.heartbeat.with_suffix(".tmp")
         tmp.write_text(json.dumps(beat))
         tmp.replace(self.heartbeat)
+
+
+def warm_up(settings: PipelineSettings) -> None:
+    """Load, in the processing thread, what its first job would otherwise load while a
+    sender waits for results: the segmentation models' sessions (cached by
+    ``inference.runtime``), the DICOM writers, and this thread's heatmap frame (matplotlib's
+    fonts and colour bar). Nothing here may stop the node: a failure is only logged."""
+    started = time.perf_counter()
+    try:
+        import numpy as np
+
+        from export.sc.render import render_heatmap
+        from inference.runtime import create_session
+        from plugin.pipeline import report  # noqa: F401  (imports the SEG/SR/SC builders)
+        from plugin.pipeline.models import segmentation_bundles
+
+        for bundle in segmentation_bundles(settings.bundle_dirs):
+            create_session(bundle.model_file, providers=list(settings.providers) or None)
+        render_heatmap(np.zeros((8, 8)), np.zeros((8, 8)), title="", caption_lines=[])
+    except Exception as exc:  # a broken bundle shows in its job, with the reason
+        log.debug("warm-up incomplete (%s: %s)", type(exc).__name__, exc)
+        return
+    log.debug("warmed up in %.1f s", time.perf_counter() - started)
 
 
 def _identifiers(folder: Path) -> list[str]:
