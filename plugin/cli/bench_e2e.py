@@ -155,7 +155,9 @@ def machine() -> dict[str, Any]:
                       if line.startswith("model name")), "")
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(memory, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            # a shared machine's figures move with what else runs: keep how busy it was
+            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]}
 
 
 def bench_end_to_end(runs: int = 3, seed: int = 7, stable_seconds: float | None = None,
