@@ -54,6 +54,7 @@ __all__ = [
     "GraphSession",
     "ImagePrediction",
     "ImageSpec",
+    "Zoom",
     "image_spec",
     "is_image_bundle",
     "lesion_crop",
@@ -62,6 +63,8 @@ __all__ = [
     "prepare",
     "to_reference_slice",
     "upsample",
+    "zoom_to_lesion",
+    "zoomed_crop",
 ]
 
 IMAGE_KIND = "image"
@@ -90,6 +93,31 @@ class ImageSpec:
     """``grad-cam``: the crop slice each instance is centred on."""
     risk_output: bool = False
     top_instances: int = 3
+    zoom: Zoom | None = None
+    """Second stage: the context crop resampled so the lesion spans ``1 / scale`` of the
+    model's field of view (``[image] zoom_*``); None: the context crop is the input."""
+
+    @property
+    def input_zyx(self) -> tuple[int, int, int]:
+        """The model input's crop shape (after the zoom, if any)."""
+        if self.zoom is None:
+            return self.crop_zyx
+        return (self.crop_zyx[0], self.zoom.size, self.zoom.size)
+
+
+@dataclass(frozen=True)
+class Zoom:
+    """Lesion-scaled field of view: ``clip(scale * diameter, min_mm, max_mm)`` over ``size``
+    pixels, so small and large lesions fill the model's view alike (global average pooling
+    then measures the lesion, not its size)."""
+
+    size: int
+    scale: float = 2.0
+    min_mm: float = 48.0
+    max_mm: float = 150.0
+
+    def fov_mm(self, diameter_mm: float) -> float:
+        return float(np.clip(self.scale * diameter_mm, self.min_mm, self.max_mm))
 
 
 def _toml(bundle: Bundle) -> dict[str, Any]:
@@ -122,6 +150,10 @@ def image_spec(bundle: Bundle) -> ImageSpec:
     if method == "grad-cam" and (head_file is None or not head_file.is_file()):
         raise ValueError(f"{where}: explain.method grad-cam needs image.head_file (the head "
                          "graph whose gradient is taken)")
+    zoom = None
+    if "zoom_size" in image:
+        zoom = Zoom(int(image["zoom_size"]), float(image.get("zoom_scale", 2.0)),
+                    float(image.get("zoom_min_mm", 48.0)), float(image.get("zoom_max_mm", 150.0)))
     tp = bundle.inputs.timepoints
     channels = bundle.inputs.phases if tp == 1 else tuple(
         f"{p}@{t}" for t in range(tp) for p in bundle.inputs.phases)
@@ -132,7 +164,7 @@ def image_spec(bundle: Bundle) -> ImageSpec:
         head_file=head_file, instances=tuple(image.get("instances", ())),
         instance_slices=tuple(int(v) for v in image.get("instance_slices", ())),
         risk_output=bool(image.get("risk_output", False)),
-        top_instances=int(image.get("top_instances", 3)))
+        top_instances=int(image.get("top_instances", 3)), zoom=zoom)
 
 
 # ------------------------------------------------------------------ crops
@@ -198,6 +230,34 @@ def prepare(channels: Sequence[npt.NDArray[np.floating]], organ: npt.NDArray[np.
         scale = liver_scale(volume, organ) if normalisation == "liver_median" else 1.0
         out[c] = sampled / scale
     return out
+
+
+def zoom_to_lesion(context: npt.NDArray[np.floating], context_spacing_mm: float,
+                   diameter_mm: float, zoom: Zoom, margin: int = 0, scale_jitter: float = 1.0
+                   ) -> FloatArray:
+    """Second preparation stage: the centred in-plane window of ``zoom.fov_mm(diameter)``
+    resampled to ``zoom.size`` (plus ``margin`` pixels each side at the same pixel size) from
+    the context crop ``[..., Y, X]`` (pixel size ``context_spacing_mm``)."""
+    pixel = zoom.fov_mm(diameter_mm) * scale_jitter / zoom.size
+    n = zoom.size + 2 * margin
+    h, w = context.shape[-2:]
+    ys = (h - 1) / 2 + (np.arange(n) - (n - 1) / 2) * pixel / context_spacing_mm
+    xs = (w - 1) / 2 + (np.arange(n) - (n - 1) / 2) * pixel / context_spacing_mm
+    grid = np.asarray(np.meshgrid(ys, xs, indexing="ij"))
+    flat = np.asarray(context, np.float32).reshape(-1, h, w)
+    out = np.stack([ndimage.map_coordinates(plane, grid, order=1, mode="nearest")
+                    for plane in flat])
+    return np.asarray(out.reshape(*context.shape[:-2], n, n), np.float32)
+
+
+def zoomed_crop(crop: Crop, context_spacing_mm: float, reference_spacing_xyz: Sequence[float],
+                diameter_mm: float, zoom: Zoom) -> Crop:
+    """The crop grid of the zoomed input on the reference volume (for drawing maps back)."""
+    pixel = zoom.fov_mm(diameter_mm) / zoom.size
+    del context_spacing_mm  # same centre: only the pixel size changes
+    return Crop(crop.centre, (crop.step[0], pixel / float(reference_spacing_xyz[1]),
+                              pixel / float(reference_spacing_xyz[0])),
+                (crop.shape[0], zoom.size, zoom.size))
 
 
 def upsample(values: npt.NDArray[np.floating], shape: Sequence[int]) -> FloatArray:

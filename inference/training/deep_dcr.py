@@ -62,6 +62,7 @@ class DcrConfig:
     margin: int = 8
     seed: int = 0
     kernel: str = "auto"  # linear | rbf | auto (by CV ROC AUC)
+    optimiser: str = "sgd"  # sgd (the study's, momentum 0.9) | adamw
 
 
 @dataclass
@@ -119,13 +120,15 @@ def fit_dcr(images: FloatArray, clinical: FloatArray, y: npt.NDArray[np.int_],
         cnn = _cnn(sequences, config)
         train_binary(cnn, images[train], y[train], margin=config.margin, epochs=config.epochs,
                      lr=config.lr, batch=config.batch, seed=config.seed + k,
-                     progress=progress, label=f"CNN fold {k + 1}/{config.folds}")
+                     optimiser=config.optimiser, progress=progress,
+                     label=f"CNN fold {k + 1}/{config.folds}")
         oof[test] = _sequence_scores(cnn, images[test], config.margin)
         fold_aucs.append(_auc(y[test], oof[test].sum(axis=1)))
     cnn = _cnn(sequences, config)
     history = train_binary(cnn, images, y, margin=config.margin, epochs=config.epochs,
                            lr=config.lr, batch=config.batch, seed=config.seed,
-                           progress=progress, label="CNN on all rows")
+                           optimiser=config.optimiser, progress=progress,
+                           label="CNN on all rows")
     fused = np.concatenate([oof, _transform(clinical, log_columns)], axis=1)
     kernel, cv = _choose_kernel(fused, y, config)
     svm = svm_pipeline(kernel, config.seed).fit(fused, y)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import train_test_split
 
 from inference.training.deep_common import export_graph, predict_logits, train_binary
@@ -85,11 +85,16 @@ def fit_orr(images: FloatArray, y: npt.NDArray[np.int_], config: OrrConfig = Orr
                            optimiser="adamw", progress=progress, label="ResNet-MIL",
                            validation=(images[val], y[val]), patience=config.patience)
     logits = predict_logits(model, images[val], config.margin)
-    auc = (float(roc_auc_score(y[val], logits)) if len(set(y[val].tolist())) == 2
-           else float("nan"))
+    both = len(set(y[val].tolist())) == 2
+    auc = float(roc_auc_score(y[val], logits)) if both else float("nan")
+    threshold = 0.5
+    if both:
+        fpr, tpr, cuts = roc_curve(y[val], 1 / (1 + np.exp(-logits)))
+        threshold = float(np.clip(cuts[int(np.argmax(tpr - fpr))], 1e-6, 1 - 1e-6))
     return OrrModel(model, {"epochs_run": len(history), "final_loss": round(history[-1], 4),
                             "validation_patients": len(val),
-                            "validation_auc": round(auc, 4)})
+                            "validation_auc": round(auc, 4),
+                            "threshold_youden_validation": round(threshold, 4)})
 
 
 def export_orr(model: OrrModel, crop_zyx: Sequence[int], phases: int, out_dir: Path

@@ -34,8 +34,14 @@ def _common(p: argparse.ArgumentParser, label: str) -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--margin", type=int, default=8, help="in-plane shift range (pixels)")
-    p.add_argument("--crop", type=int, default=64, help="in-plane crop size (pixels)")
-    p.add_argument("--spacing", type=float, default=2.0, help="in-plane crop spacing (mm)")
+    p.add_argument("--crop", type=int, default=64, help="model input in-plane size (pixels)")
+    p.add_argument("--spacing", type=float, default=2.0,
+                   help="in-plane spacing of the context crop (mm), which is crop + 2 x margin "
+                        "pixels wide")
+    p.add_argument("--zoom-scale", type=float, default=2.0,
+                   help="the model's field of view = this x the lesion diameter ...")
+    p.add_argument("--zoom-min-mm", type=float, default=48.0, help="... at least this ...")
+    p.add_argument("--zoom-max-mm", type=float, default=150.0, help="... at most this")
 
 
 def add_parsers(families: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,6 +54,9 @@ def add_parsers(families: argparse._SubParsersAction[argparse.ArgumentParser]) -
     dcr.add_argument("--features", type=int, default=32, help="CNN features per sequence")
     dcr.add_argument("--folds", type=int, default=3, help="cross-fitting folds for the SVM")
     dcr.add_argument("--kernel", choices=("auto", "linear", "rbf"), default="auto")
+    dcr.add_argument("--optimiser", choices=("adamw", "sgd"), default="adamw",
+                     help="CNN optimiser (the study: SGD lr 0.01)")
+    dcr.add_argument("--lr", type=float, default=1e-3)
     dcr.set_defaults(func=run_cli, kind="inception-svm")
     orr = families.add_parser(
         "resnet-mil", help="seed 000: four-phase MRI 2.5-D ResNet + Transformer MIL (ORR)")

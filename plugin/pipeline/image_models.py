@@ -32,6 +32,8 @@ from inference.deep_response import (
     predict_image,
     prepare,
     to_reference_slice,
+    zoom_to_lesion,
+    zoomed_crop,
 )
 from inference.response import MissingInputs, ResponsePrediction, build_vector
 
@@ -99,9 +101,11 @@ def _clinical_vector(bundle: Bundle, clinical: dict[str, object]) -> dict[str, f
 def run_image_bundle(bundle: Bundle, labelled: Sequence[LabelledSeries], reference: Volume,
                      organ: npt.NDArray[np.bool_], lesion_labels: npt.NDArray[np.integer] | None,
                      clinical: dict[str, object], rules: PhaseRules | None,
-                     providers: Sequence[str] = ()
+                     providers: Sequence[str] = (), lesion_diameter_mm: float | None = None
                      ) -> tuple[ResponsePrediction, dict[str, str], ImageExplanation]:
-    """Predict and explain; ``MissingInputs`` names what the study lacks."""
+    """Predict and explain; ``MissingInputs`` names what the study lacks.
+    ``lesion_diameter_mm`` (the measured longest diameter of lesion 1) scales a zoomed
+    bundle's field of view."""
     started = time.perf_counter()
     spec = image_spec(bundle)
     if bundle.inputs.timepoints > 1:
@@ -115,6 +119,12 @@ def run_image_bundle(bundle: Bundle, labelled: Sequence[LabelledSeries], referen
                        spec.crop_zyx)
     image = prepare([volumes[ch] for ch in bundle.inputs.phases], organ, crop,
                     spec.normalisation)
+    if spec.zoom is not None:
+        if lesion_diameter_mm is None:
+            raise MissingInputs(["the measured lesion diameter"])
+        image = zoom_to_lesion(image, spec.spacing_xyz[0], lesion_diameter_mm, spec.zoom)
+        crop = zoomed_crop(crop, spec.spacing_xyz[0], reference.spacing, lesion_diameter_mm,
+                           spec.zoom)
     vector = _clinical_vector(bundle, clinical) if spec.clinical_features else {}
     row = (np.array([vector[f] for f in spec.clinical_features], np.float32)
            if spec.clinical_features else None)
@@ -130,8 +140,9 @@ def run_image_bundle(bundle: Bundle, labelled: Sequence[LabelledSeries], referen
     prediction = ResponsePrediction(p, logit(p), p >= threshold, threshold, bundle.outputs[-1],
                                     dict(vector), contributions)
     used = {f"phase {ch}": f"series {s.series_uid} ({s.reason})" for ch, s in selected.items()}
-    used["crop"] = (f"{spec.crop_zyx[1]}x{spec.crop_zyx[2]} at {spec.spacing_xyz[0]:g} mm on "
-                    f"the largest segmented lesion, reference slice {round(crop.centre[0])}")
+    pixel_mm = crop.step[2] * reference.spacing[0]
+    used["crop"] = (f"{crop.shape[1]}x{crop.shape[2]} px of {pixel_mm:.2f} mm on the largest "
+                    f"segmented lesion, reference slice {round(crop.centre[0])}")
     images = tuple(
         ExplanationImage(item.channel, crop.reference_slice(item.crop_z),
                          _slice(volumes, item.channel, crop.reference_slice(item.crop_z)),

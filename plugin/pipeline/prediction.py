@@ -80,6 +80,8 @@ class PredictionInputs:
     lesion_labels: npt.NDArray[Any] | None
     modality: str = ""
     rules: PhaseRules | None = None
+    lesion_diameter_mm: float | None = None
+    """Longest diameter of lesion 1 (image bundles that zoom to the lesion read it)."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,8 @@ def _run_image(bundle: Bundle, features: _Features, clinical: ClinicalInputs,
     try:
         prediction, used, explanation = run_image_bundle(
             bundle, context.labelled, context.reference, context.organ, context.lesion_labels,
-            dict(clinical.values), context.rules, tuple(settings.providers))
+            dict(clinical.values), context.rules, tuple(settings.providers),
+            context.lesion_diameter_mm)
     except MissingInputs as exc:
         return ResponseOutcome(bundle.name, bundle.version, bundle.group, None,
                                f"not run: {exc}", seconds=time.perf_counter() - started)
@@ -284,9 +287,11 @@ def predict_step(ctx: StudyContext) -> None:
     labels = seg.labels if seg is not None else np.zeros(reference.shape, np.uint8)
     lesions = ctx.measurements.lesion_labels if ctx.measurements is not None else None
     first = datasets[0]
+    diameter = (ctx.measurements.lesions[0].longest_diameter_mm
+                 if ctx.measurements is not None and ctx.measurements.lesions else None)
     context = PredictionInputs(str(first.StudyInstanceUID), str(first.get("PatientID", "")),
                                ctx.labelled, reference, np.asarray(labels > 0, dtype=bool),
-                               lesions, str(first.get("Modality", "")), ctx.rules)
+                               lesions, str(first.get("Modality", "")), ctx.rules, diameter)
     study_datasets = [ds for item in ctx.labelled for ds in item.series.datasets]
     study_datasets += ctx.non_image_datasets()  # a clinical SR in the study is read
     settings = ctx.settings.response or ResponseSettings()

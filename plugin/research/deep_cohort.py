@@ -124,7 +124,8 @@ def _served_input(row: Mapping[str, str], spec: DeepDataSpec) -> dict[str, npt.N
                     spec.normalisation)
     near = ndimage.map_coordinates(distance, crop.coordinates(), order=1, mode="nearest")
     return {"image": image, "distance_mm": near.astype(np.float32),
-            "reference_z": np.array(crop.centre[0])}
+            "reference_z": np.array(crop.centre[0]),
+            "diameter_mm": np.array(measured.lesions[0].longest_diameter_mm)}
 
 
 def _job(args: tuple[dict[str, str], DeepDataSpec, str]) -> tuple[str, str]:

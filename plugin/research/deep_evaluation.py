@@ -32,6 +32,7 @@ from inference.deep_response import (
     image_spec,
     open_graph,
     predict_image,
+    zoom_to_lesion,
 )
 from inference.response import MissingInputs, build_vector
 from plugin.research.deep_cohort import DeepDataSpec, cohort_inputs
@@ -118,11 +119,25 @@ def score_cohort(bundle: Bundle, cohort_dir: Path, patients: Sequence[str],
         except MissingInputs as exc:
             out.skipped[pid] = str(exc)
             continue
-        prediction = served_prediction(bundle, item["image"], clinical)
+        image, distance = _zoomed(spec, item)
+        prediction = served_prediction(bundle, image, clinical)
         out.predictions[pid] = prediction
-        out.localisation[pid] = localisation(prediction, item["distance_mm"])
-        out.dropped[pid] = _dropped(bundle, spec, item["image"], clinical, prediction)
+        out.localisation[pid] = localisation(prediction, distance)
+        out.dropped[pid] = _dropped(bundle, spec, image, clinical, prediction)
     return out
+
+
+def _zoomed(spec: ImageSpec, item: Mapping[str, npt.NDArray[Any]]
+            ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The served input and the distance map on the model's grid (zoomed to the measured
+    lesion diameter when the bundle zooms)."""
+    image = np.asarray(item["image"], np.float32)
+    distance = np.asarray(item["distance_mm"], np.float32)
+    if spec.zoom is None:
+        return image, distance
+    diameter = float(item["diameter_mm"])
+    return (zoom_to_lesion(image, spec.spacing_xyz[0], diameter, spec.zoom),
+            zoom_to_lesion(distance, spec.spacing_xyz[0], diameter, spec.zoom))
 
 
 def _dropped(bundle: Bundle, spec: ImageSpec, image: npt.NDArray[np.float32],

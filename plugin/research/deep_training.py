@@ -119,7 +119,7 @@ def train_inception_svm(args: argparse.Namespace, progress: Progress) -> dict[st
     data = cohort_inputs(args.cohort, data_spec, [r["patient_id"] for r in train],
                          args.workers, progress)
     prepared = time.time()
-    images = np.stack([data[r["patient_id"]]["image"] for r in train]).astype(np.float32)
+    images = _zoomed_training(data, train, args, spacing[0])
     variables = [v for v in args.clinical.split(",") if v]
     columns = encode_clinical(train, variables)
     clinical = clinical_matrix(train, columns)
@@ -127,11 +127,12 @@ def train_inception_svm(args: argparse.Namespace, progress: Progress) -> dict[st
                    if c.split(":", 1)[1].split("=", 1)[0] in LOG_VARIABLES and "=" not in c]
     y = np.array([int(r[args.label]) for r in train])
     config = DcrConfig(width=args.width, features=args.features, epochs=args.epochs,
-                       folds=args.folds, margin=args.margin, seed=args.seed, kernel=args.kernel)
+                       folds=args.folds, margin=args.margin, seed=args.seed, kernel=args.kernel,
+                       optimiser=args.optimiser, lr=args.lr)
     model = fit_dcr(images, clinical, y, log_columns, config, progress)
     trained = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_dcr(model, crop[1:], args.out)
+    onnx_path = export_dcr(model, crop[1:], args.out)  # the zoomed input: crop x crop
     centre = np.ascontiguousarray(images[:8, ..., args.margin:-args.margin,
                                          args.margin:-args.margin]) if args.margin else images[:8]
     parity = onnx_parity(model, onnx_path, centre, clinical[:8])
@@ -161,25 +162,28 @@ def _dcr_document(args: argparse.Namespace, channels: Sequence[str], crop: Seque
         "inputs": {"kind": "image", "phases": list(channels), "clinical": list(variables),
                    "features": list(columns)},
         "preprocessing": {"spacing_mm": list(spacing), "normalisation": "liver_median",
-                          "patch_size": list(crop)},
+                          "patch_size": _context(crop, args.margin)},
         "outputs": {"labels": list(LABEL_NAMES[args.label])},
         "thresholds": {"probability": model.metrics["threshold_youden_cv"]},
         "explain": {"method": "cam"},
         "image": {"crop": "largest lesion, its largest axial cross-section",
-                  "graph_inputs": ["image", "clinical"],
+                  **_zoom_keys(args), "graph_inputs": ["image", "clinical"],
                   "graph_outputs": ["probability", "explanation"]},
         "training": {
             "data": f"{args.cohort.name}: {n_train} patients", "label": args.label,
             "family": "inception-svm (seed 004)", "command": _command(), "seed": args.seed,
             "date": dt.date.today().isoformat(), "epochs": args.epochs, "folds": args.folds,
             "width": args.width, "features": args.features, "margin_px": args.margin,
+            "optimiser": args.optimiser, "lr": args.lr,
             "onnx_parity_max_abs_probability": parity["probability"],
             "onnx_parity_max_abs_explanation": parity["explanation"],
             **seconds, **{k: v for k, v in model.metrics.items() if not isinstance(v, list)},
             "cnn_oof_auc_folds": model.metrics["cnn_oof_auc_folds"],
-            "scale_down": "study: InceptionV4 on 450x320 slices, 5 sequences, batch 1; here: "
-                          f"stem + 2 Inception blocks + 1 reduction, width {args.width}, "
-                          f"{crop[1]}x{crop[2]} crops, batch 16, {args.epochs} epochs",
+            "scale_down": "study: InceptionV4 on 450x320 slices, 5 sequences, SGD, batch 1; "
+                          f"here: stem + 2 Inception blocks + 1 reduction, width {args.width}, "
+                          f"{crop[1]}x{crop[2]} crops zoomed to {args.zoom_scale:g}x the lesion "
+                          f"diameter, {args.optimiser} lr {args.lr:g}, batch 16, "
+                          f"{args.epochs} epochs",
         },
     }
 
@@ -209,7 +213,7 @@ def train_resnet_mil(args: argparse.Namespace, progress: Progress) -> dict[str, 
     data = cohort_inputs(args.cohort, data_spec, [r["patient_id"] for r in train],
                          args.workers, progress)
     prepared = time.time()
-    images = np.stack([data[r["patient_id"]]["image"] for r in train]).astype(np.float32)
+    images = _zoomed_training(data, train, args, spacing[0])
     y = np.array([int(r[args.label]) for r in train])
     config = OrrConfig(width=args.width, features=args.features, dim=args.dim,
                        epochs=args.epochs, patience=args.patience, margin=args.margin,
@@ -237,12 +241,12 @@ def train_resnet_mil(args: argparse.Namespace, progress: Progress) -> dict[str, 
         "model_file": "model.onnx", "extra_files": ["head.onnx", "MODEL_CARD.md"],
         "inputs": {"kind": "image", "phases": list(phases)},
         "preprocessing": {"spacing_mm": list(spacing), "normalisation": "liver_median",
-                          "patch_size": list(crop)},
+                          "patch_size": _context(crop, args.margin)},
         "outputs": {"labels": list(LABEL_NAMES[args.label])},
-        "thresholds": {"probability": 0.5},
+        "thresholds": {"probability": model.metrics["threshold_youden_validation"]},
         "explain": {"method": "grad-cam"},
         "image": {"crop": "largest lesion, its largest axial cross-section +- "
-                          f"{args.slices // 2} slices",
+                          f"{args.slices // 2} slices", **_zoom_keys(args),
                   "head_file": "head.onnx", "instances": names, "instance_slices": zs,
                   "top_instances": 3, "graph_inputs": ["image"],
                   "graph_outputs": ["probability", "attention", "activations", "features"]},
@@ -266,6 +270,31 @@ def train_resnet_mil(args: argparse.Namespace, progress: Progress) -> dict[str, 
 
 
 # ------------------------------------------------------------------ shared
+
+
+def _context(crop: Sequence[int], margin: int) -> list[int]:
+    """The first-stage (context) crop: the model's crop plus the training margin."""
+    return [int(crop[0]), int(crop[1]) + 2 * margin, int(crop[2]) + 2 * margin]
+
+
+def _zoom_keys(args: argparse.Namespace) -> dict[str, Any]:
+    return {"zoom_size": args.crop, "zoom_scale": args.zoom_scale,
+            "zoom_min_mm": args.zoom_min_mm, "zoom_max_mm": args.zoom_max_mm}
+
+
+def _zoomed_training(data: Mapping[str, Mapping[str, npt.NDArray[Any]]],
+                     rows: Sequence[Mapping[str, str]], args: argparse.Namespace,
+                     context_spacing: float) -> npt.NDArray[np.float32]:
+    """Training inputs: each context crop zoomed to the lesion (plus the margin the random
+    shifts draw from). The lesion diameter is the cohort's planned largest diameter (the
+    phantom draws it; serving uses the measured one)."""
+    from inference.deep_response import Zoom, zoom_to_lesion
+
+    zoom = Zoom(args.crop, args.zoom_scale, args.zoom_min_mm, args.zoom_max_mm)
+    return np.stack([zoom_to_lesion(np.asarray(data[r["patient_id"]]["image"], np.float32),
+                                    context_spacing, float(r["largest_tumour_mm"]), zoom,
+                                    margin=args.margin) for r in rows]).astype(np.float32)
+
 
 
 def _finish(args: argparse.Namespace, document: dict[str, Any],

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from inference.deep_response import (
+    Zoom,
     image_spec,
     is_image_bundle,
     lesion_crop,
@@ -18,6 +19,8 @@ from inference.deep_response import (
     prepare,
     to_reference_slice,
     upsample,
+    zoom_to_lesion,
+    zoomed_crop,
 )
 from tests.plugin.image_bundle_helpers import (
     DCR_CHANNELS,
@@ -58,6 +61,23 @@ def test_map_on_the_crop_lands_on_its_reference_pixels() -> None:
     assert ys.min() == pytest.approx(10 - 5, abs=1) and ys.max() == pytest.approx(10 + 5, abs=1)
     assert xs.min() == pytest.approx(18 - 5, abs=1) and xs.max() == pytest.approx(18 + 5, abs=1)
     assert drawn[0, 0] == 0.0
+
+
+def test_zoom_scales_the_view_to_the_lesion_and_maps_back() -> None:
+    zoom = Zoom(size=16, scale=2.0, min_mm=20.0, max_mm=100.0)
+    assert zoom.fov_mm(5.0) == 20.0 and zoom.fov_mm(30.0) == 60.0 and zoom.fov_mm(80.0) == 100.0
+    context = np.zeros((1, 1, 41, 41), np.float32)
+    context[..., 15:26, 15:26] = 1.0  # 11 px of 2 mm: a 22 mm lesion at the centre
+    zoomed = zoom_to_lesion(context, 2.0, 22.0, zoom)  # 44 mm over 16 px
+    assert zoomed.shape == (1, 1, 16, 16)
+    inside = zoomed[0, 0] > 0.5
+    assert 7 <= inside.sum(axis=1).max() <= 9  # the lesion spans about half the view
+    lesion = _ball((3, 60, 60), (1, 30, 30), 4)
+    crop = lesion_crop(lesion, (2.0, 2.0, 3.0), (2.0, 2.0, 3.0), (1, 41, 41))
+    grid = zoomed_crop(crop, 2.0, (2.0, 2.0, 3.0), 22.0, zoom)
+    drawn = to_reference_slice(np.ones((16, 16), np.float32), grid, 0, (3, 60, 60))
+    extent = np.flatnonzero(drawn[30] > 0.5)
+    assert extent.max() - extent.min() + 1 == pytest.approx(44.0 / 2.0, abs=2)
 
 
 def test_upsample_matches_torch_bilinear() -> None:

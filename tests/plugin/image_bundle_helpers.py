@@ -38,10 +38,12 @@ def tiny_dcr_bundle(folder: Path, crop: int = 32, seed: int = 0) -> Bundle:
         "inputs": {"kind": "image", "phases": list(DCR_CHANNELS),
                    "clinical": list(DCR_CLINICAL), "features": list(DCR_FEATURES)},
         "preprocessing": {"spacing_mm": [3.0, 3.0, 3.0], "normalisation": "liver_median",
-                          "patch_size": [1, crop, crop]},
+                          "patch_size": [1, crop + 8, crop + 8]},
         "outputs": {"labels": ["progressive disease", "disease control"]},
         "thresholds": {"probability": 0.5},
         "explain": {"method": "cam"},
+        "image": {"zoom_size": crop, "zoom_scale": 2.0, "zoom_min_mm": 48.0,
+                  "zoom_max_mm": 120.0},
         "training": {"label": "dcr", "data": "random tensors (test)"},
     })
     return load_bundle(folder)
