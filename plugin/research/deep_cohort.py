@@ -131,7 +131,9 @@ def _served_input(row: Mapping[str, str], spec: DeepDataSpec) -> dict[str, npt.N
 def _job(args: tuple[dict[str, str], DeepDataSpec, str]) -> tuple[str, str]:
     row, spec, target = args
     values = _served_input(row, spec) if spec.served else _truth_input(row, spec)
-    np.savez_compressed(target, **values)  # type: ignore[arg-type]
+    partial = Path(target).with_suffix(".partial.npz")
+    np.savez_compressed(partial, **values)  # type: ignore[arg-type]
+    partial.replace(target)  # atomic: a reader never sees half a file
     return row["patient_id"], target
 
 
