@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, build_context, build_role, evt
 
+from dicom_io.listener import nodelay_on_connect
 from dicom_io.sop_classes import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_CLASSES
 from dicom_io.spool import write_durably
 from dicom_io.tls import TlsSettings, client_context
@@ -93,7 +94,8 @@ def _association(peer: PacsPeer, contexts: Sequence[Any], roles: Sequence[Any] =
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
     tls_args = (client_context(peer.tls), peer.host) if peer.tls else None
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                         ext_neg=list(roles) or None, evt_handlers=list(handlers) or None,
+                         ext_neg=list(roles) or None,
+                         evt_handlers=[*handlers, (evt.EVT_CONN_OPEN, nodelay_on_connect)],
                          tls_args=tls_args)
     if not assoc.is_established:
         raise PriorsError(f"{peer.ae_title} at {peer.host}:{peer.port} refused or did not "

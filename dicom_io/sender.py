@@ -17,10 +17,11 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from dicom_io.listener import nodelay_on_connect
 from dicom_io.status import is_failure
 from dicom_io.tls import TlsSettings, client_context
 
@@ -171,7 +172,8 @@ def _attempt(batch: _Batch, peer: Peer, contexts: list[PresentationContext]) -> 
     ae.connection_timeout = CONNECT_TIMEOUT_S
     ae.requested_contexts = contexts
     tls_args = (client_context(peer.tls), peer.host) if peer.tls else None
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, nodelay_on_connect)])
     if not assoc.is_established:
         return _association_failure(assoc, peer)
     try:

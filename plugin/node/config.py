@@ -91,6 +91,7 @@ class PipelineConfig:
     """How studies become jobs and how jobs are run."""
 
     stable_seconds: float = 30.0
+    ready_seconds: float = 3.0
     workers: int = 1
     max_attempts: int = 3
     bundle_dirs: tuple[Path, ...] = ()
@@ -282,6 +283,10 @@ _HELP: dict[str, str] = {
         "Expiry of a study's lock, renewed while its job runs; a dead worker's lapses."
     ),
     "pipeline.stable_seconds": "A study is complete when no new instance came for this long.",
+    "pipeline.ready_seconds": (
+        "Start sooner: this long after the last instance when an installed segmentation "
+        "bundle finds every phase it needs (>= stable_seconds: off)."
+    ),
     "pipeline.workers": "Number of jobs run in parallel.",
     "pipeline.max_attempts": "Attempts per job before it is marked dead.",
     "pipeline.bundle_dirs": "Extra folders searched for model bundles.",
@@ -760,6 +765,7 @@ _CHECKS: dict[str, Callable[[object], str | None]] = {
     "celery.visibility_timeout_seconds": _positive,
     "celery.lock_seconds": _positive,
     "pipeline.stable_seconds": _positive,
+    "pipeline.ready_seconds": _non_negative,
     "pipeline.workers": _int_range(1, None, "an integer of at least 1"),
     "pipeline.max_attempts": _int_range(1, None, "an integer of at least 1"),
     "pipeline.series_number_base": _int_range(

@@ -23,7 +23,7 @@ from dicom_io.spool import Spool, StoredInstance
 from plugin.node.config import HepaticaConfig
 from plugin.node.jobs import Job
 from plugin.node.metrics import MeteredQueue
-from plugin.node.readiness import DEFAULT_READY_SECONDS, ReadyInbox
+from plugin.node.readiness import ReadyInbox
 from plugin.node.status import StatusServer, start_status_server
 from plugin.node.transports import dicom_outbox
 from plugin.node.worker import Worker, pipeline_settings
@@ -125,8 +125,8 @@ def _inbox(config: HepaticaConfig, spool: Spool) -> ReadyInbox:
     hold every series an installed bundle needs, else after the ``stable_seconds`` quiet
     period (``plugin.node.readiness``)."""
     p = config.pipeline
-    ready = float(getattr(p, "ready_seconds", DEFAULT_READY_SECONDS))
-    return ReadyInbox(spool, p.stable_seconds, ready, tuple(p.bundle_dirs), tuple(p.phase_rules))
+    return ReadyInbox(spool, p.stable_seconds, p.ready_seconds, tuple(p.bundle_dirs),
+                      tuple(p.phase_rules))
 
 
 def _listener_settings(config: HepaticaConfig) -> ListenerSettings:
