@@ -148,3 +148,32 @@ def test_orr_parity_and_served_grad_cam_matches_autograd(tmp_path: Path) -> None
         expected = upsample(ref, served.shape)
         scale = max(float(expected.max()), 1e-6)
         assert np.abs(served - expected).max() / scale < 2e-2
+
+
+def test_swin_risk_grad_cam_pp_in_the_graph_matches_autograd(tmp_path: Path) -> None:
+    """Seed 002's network (partial): MONAI Swin-UNETR exports; ONNX equals torch; the
+    in-graph Grad-CAM++ equals the autograd one."""
+    pytest.importorskip("monai")
+    from inference.training.deep_common import export_graph
+    from inference.training.deep_risk import SwinRisk, SwinRiskExport, grad_cam_pp_torch
+
+    torch.manual_seed(0)
+    model = SwinRisk(timepoints=3, feature_size=12).eval()
+    image = torch.rand(1, 3, 32, 32, 32)
+    path = export_graph(SwinRiskExport(model), {"image": image},
+                        ["probability", "risk", "explanation"], tmp_path / "swin.onnx")
+    session = open_graph(path, ["CPUExecutionProvider"])
+    out = session.run({"image": image.numpy()})
+    with torch.no_grad():
+        p, risk, maps = SwinRiskExport(model)(image)
+    assert maps.shape == (1, 4, 32, 32, 32)
+    assert np.abs(out["probability"] - p.numpy()).max() <= 1e-4
+    assert np.abs(out["risk"] - risk.numpy()).max() <= 1e-4
+    target = int(p.argmax())
+    reference = grad_cam_pp_torch(model, image, target)
+    assert model.activations(image).shape[2:] == reference.shape
+    served_up = out["explanation"][0, target]
+    expected_up = torch.nn.functional.interpolate(reference[None, None], size=(32, 32, 32),
+                                                  mode="trilinear", align_corners=False)[0, 0]
+    scale = max(float(expected_up.max()), 1e-8)
+    assert np.abs(served_up - expected_up.numpy()).max() / scale < 1e-3
