@@ -34,7 +34,7 @@ class SwinRisk(nn.Module):
                  depths: tuple[int, int, int, int] = (1, 1, 1, 1),
                  heads: tuple[int, int, int, int] = (3, 3, 3, 3), classes: int = 4) -> None:
         super().__init__()
-        from monai.networks.nets import SwinUNETR
+        from monai.networks.nets.swin_unetr import SwinUNETR
 
         self.swin = SwinUNETR(in_channels=timepoints, out_channels=classes,
                               feature_size=feature_size, depths=depths, num_heads=heads,
