@@ -302,7 +302,11 @@ def _finish(args: argparse.Namespace, document: dict[str, Any],
     """Write and re-load the bundle; score held-out patients through the served path."""
     header = PHANTOM_NOTE if _is_phantom(args.cohort) else ""
     if header:
+        rows = read_rows(args.cohort)
         document["training"]["data"] += " of a synthetic phantom cohort (no patient data)"
+        document["training"]["cohort_command"] = (
+            f"hepatica cohort {args.cohort} --patients {len(rows)} --seed {args.phantom_seed} "
+            f"--scenario {rows[0]['scenario']} --modality mr --no-images")
     if test:
         document["training"]["holdout_patients"] = len(test)
     _write(args.out, document, header)
@@ -335,9 +339,11 @@ def model_card(document: Mapping[str, Any]) -> str:
              f"Model: {document['description']}", "",
              f"Scale-down from the study: {training.get('scale_down', '')}", "",
              f"Training data: {training['data']}", "",
-             f"Reproduce: `{training.get('command', '')}`", "", "## Measured", ""]
+             "Reproduce (phantom cohort rows, then training):", "",
+             f"    {training.get('cohort_command', '(site cohort)')}",
+             f"    nice -n 10 {training.get('command', '')}", "", "## Measured", ""]
     lines += [f"- {k}: {v}" for k, v in training.items()
-              if k not in ("data", "command", "scale_down")]
+              if k not in ("data", "command", "scale_down", "cohort_command")]
     return "\n".join(lines) + "\n"
 
 
