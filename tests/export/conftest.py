@@ -20,9 +20,10 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 N_SLICES, ROWS, COLS = 8, 64, 64
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def strict_pydicom() -> Iterator[None]:
-    """Raise on invalid values when reading and writing, as highdicom's tests do."""
+    """Raise on invalid values when reading and writing, as highdicom's tests do (for each
+    export test only: other rooms' tests write invalid values on purpose)."""
     saved = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
     config.settings.reading_validation_mode = config.RAISE
     config.settings.writing_validation_mode = config.RAISE
