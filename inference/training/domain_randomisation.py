@@ -441,6 +441,11 @@ def synthesise(codes: CodeArray, coords: npt.NDArray[np.float64], table: FloatAr
     return _finish(np.asarray(image, np.float32), config, rng)
 
 
+MIN_LESION_CONTRAST = 0.12
+"""Random mode: a tumour at least this far from the liver (of a 0–1 range), or the patch
+would teach that an invisible tumour is liver."""
+
+
 def _means(table: FloatArray | None, modality: str, counts: npt.NDArray[np.int64],
            config: RandomisationConfig, rng: np.random.Generator
            ) -> tuple[FloatArray, float, bool]:
@@ -456,6 +461,11 @@ def _means(table: FloatArray | None, modality: str, counts: npt.NDArray[np.int64
         if rng.random() < 0.5:  # air stays the darkest, as on every real image
             means[tissue_code("air")] = 0.0
             means[tissue_code("bowel_gas")] = float(rng.uniform(0, 0.1))
+        liver = float(means[tissue_code("liver")])
+        for lesion in (tissue_code("tumour"), tissue_code("necrosis")):
+            if abs(float(means[lesion]) - liver) < MIN_LESION_CONTRAST:  # a visible lesion
+                side = 1.0 if liver < 0.5 else -1.0
+                means[lesion] = liver + side * float(rng.uniform(MIN_LESION_CONTRAST, 0.4))
         return means, 0.5, bool(rng.random() < 0.5)
     means = table.astype(np.float32).copy()
     contrast = max(abs(float(means[tissue_code("liver")] - means[tissue_code("fat")])), 1e-3)

@@ -65,7 +65,8 @@ class SegmentationTrainingConfig:
     """None: the original recipe (patch crops, per-channel contrast jitter, Dice + CE).
     Set: domain-randomised patches and the partial-label loss (``PartialLabelLoss``)."""
     in_channels: int = 0  # 0: as many as the cases give (tissue cases: len of a table choice)
-    patch_pools: tuple[float, float, float] = (0.4, 0.35, 0.25)  # tumour, liver, body centres
+    patch_pools: tuple[float, float, float] = (0.55, 0.3, 0.15)  # tumour, liver, body centres
+    tumour_weight: float = 2.0  # randomised recipe: the tumour Dice term's weight
 
 
 def build_network(in_channels: int, config: SegmentationTrainingConfig) -> UNet:
@@ -175,8 +176,8 @@ def train_segmentation(cases: Iterable[TrainingCase], config: SegmentationTraini
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps)
     randomised = config.randomisation is not None
-    loss_fn: torch.nn.Module = PartialLabelLoss() if randomised else DiceCELoss(
-        to_onehot_y=True, softmax=True)
+    loss_fn: torch.nn.Module = PartialLabelLoss(config.tumour_weight) if randomised else \
+        DiceCELoss(to_onehot_y=True, softmax=True)
     started, recent = time.perf_counter(), list[float]()
     model.train()
     for step in range(1, config.steps + 1):
@@ -254,7 +255,13 @@ class PartialLabelLoss(torch.nn.Module):
     cross-entropy is −log of the summed probability of the set, and each Dice term (organ =
     liver ∪ tumour, liver, tumour) counts only the voxels where its own answer is known. So a
     reader's liver-only or tumour-only outline teaches what it says and nothing more.
+    ``tumour_weight`` weighs the tumour Dice term against the organ and liver ones: lesions
+    are a fraction of a percent of a patch and the last thing a network learns.
     """
+
+    def __init__(self, tumour_weight: float = 1.0) -> None:
+        super().__init__()
+        self.tumour_weight = tumour_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         y = target[:, 0].long()
@@ -270,7 +277,8 @@ class PartialLabelLoss(torch.nn.Module):
         dice = (_soft_dice(p[:, 1] + p[:, 2], (y == 1) | (y == 2) | (y == dr.ORGAN),
                            organ_known)
                 + _soft_dice(p[:, 1], y == 1, liver_known)
-                + _soft_dice(p[:, 2], y == 2, tumour_known)) / 3
+                + self.tumour_weight * _soft_dice(p[:, 2], y == 2, tumour_known)
+                ) / (2 + self.tumour_weight)
         return ce + dice
 
 

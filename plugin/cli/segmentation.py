@@ -57,6 +57,9 @@ def add_train_parser(families: argparse._SubParsersAction[argparse.ArgumentParse
     seg.add_argument("--evaluate-studies", type=Path, action="append", default=[],
                      metavar="DIR", help="any: also score the bundle on these annotated "
                      "studies (reader SEG/RTSTRUCT) and record the Dice in the bundle")
+    seg.add_argument("--init-from", default="liver-tumour-seg", metavar="BUNDLE",
+                     help="any: start from this bundle's weights (first layer summed over "
+                     "its channels), or none for random weights")
     seg.add_argument("--studies", type=Path, metavar="DIR",
                      help="train on the DICOM studies under DIR (grouped by "
                      "StudyInstanceUID) that carry a reader's SEG or RTSTRUCT")
@@ -106,7 +109,9 @@ def _train_phantoms(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
         out = train_any_phase_bundle(args.out, cases=cases, steps=steps, seed=args.seed,
                                      validation_cases=args.validation_cases or 3,
                                      necrosis_probability=args.necrosis_probability,
-                                     evaluate_studies=args.evaluate_studies, progress=progress)
+                                     evaluate_studies=args.evaluate_studies, progress=progress,
+                                     init_from=None if args.init_from.lower() == "none"
+                                     else args.init_from)
     else:
         out = train_segmentation_bundle(args.out, cases=cases, steps=steps, seed=args.seed,
                                         validation_cases=args.validation_cases or 4,

@@ -249,11 +249,14 @@ def train_any_phase_bundle(out_dir: Path, *, cases: int = 60, steps: int = 1500,
                            necrosis_probability: float = TRAIN_NECROSIS_PROBABILITY,
                            evaluate_studies: Sequence[Path] = (),
                            progress: Callable[[str, int, int], None] | None = None,
-                           checkpoint_every: int = 0) -> Path:
+                           checkpoint_every: int = 0,
+                           init_from: str | None = BUNDLE_NAME) -> Path:
     """Train the single-series bundle on domain-randomised phantoms, export, measure.
 
     ``checkpoint_every`` also exports ``checkpoints/step_<n>/model.onnx`` bundles on the way
-    (to watch a long run; they do not change the weights)."""
+    (to watch a long run; they do not change the weights). ``init_from`` (a bundle folder or
+    shipped name; default the two-channel ``liver-tumour-seg``) starts from its weights, the
+    first layer summed over its channels; None starts from random weights."""
     from inference.training.onnx_export import export_to_onnx
     from inference.training.segmentation import train_segmentation
 
@@ -274,13 +277,22 @@ def train_any_phase_bundle(out_dir: Path, *, cases: int = 60, steps: int = 1500,
     record: dict[str, Any] = {"config": asdict(config), "cases": cases,
                               "seed_base": TRAIN_SEED_BASE,
                               "necrosis_probability": necrosis_probability}
-    model, summary = train_segmentation(training_cases, config, on_step, checkpoint=snapshot,
-                                        checkpoint_every=checkpoint_every)
+    initial = None
+    if init_from:
+        from inference.training.warm_start import unet_from_onnx
+        from plugin.research.site_training import resolve_bundle
+
+        source = resolve_bundle(init_from)
+        initial = unet_from_onnx(source.model_file, config, in_channels=1)
+        record["initialised_from"] = f"{source.name} {source.version}"
+    model, summary = train_segmentation(training_cases, config, on_step, initial=initial,
+                                        checkpoint=snapshot, checkpoint_every=checkpoint_every)
     del training_cases
     export_to_onnx(model, 1, config.patch_zyx, out_dir / "model.onnx")
     command = (f"hepatica train segmentation --phases any --out DIR --cases {cases} "
                f"--steps {steps} --seed {seed} --necrosis-probability {necrosis_probability} "
                f"--validation-cases {validation_cases}"
+               + (f" --init-from {init_from}" if init_from else " --init-from none")
                + "".join(f" --evaluate-studies {p}" for p in evaluate_studies))
     record.update(summary=summary, command=command)
     write_any_bundle_toml(out_dir, record, {})
@@ -373,6 +385,9 @@ def write_any_bundle_toml(out_dir: Path, record: dict[str, Any],
                 "randomisation); NO patient data — measure on site data (hepatica evaluate "
                 "segmentation) before any research use",
         "command": record["command"],
+        "initialised_from": record.get("initialised_from", "random weights") + (
+            " (first layer summed over its two channels)" if "initialised_from" in record
+            else ""),
         "seed": config["seed"],
         "steps": config["steps"],
         "final_loss": round(float(record["summary"]["final_loss"]), 4),
