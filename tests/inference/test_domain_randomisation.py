@@ -195,3 +195,24 @@ def test_thin_inputs_are_padded_with_their_end_slices() -> None:
     assert np.array_equal(padded[0, 0], x[0, 0]) and np.array_equal(padded[0, -1], x[0, -1])
     same, whole = pad_thin_volume(np.zeros((1, 9, 2, 2), np.float32), 8)
     assert same.shape == (1, 9, 2, 2) and whole == slice(0, 9)
+
+
+def test_warm_start_sums_channels_for_a_single_series_network() -> None:
+    """One image in one channel = that image in both channels of the source network."""
+    from inference.training.onnx_export import export_to_onnx
+    from inference.training.warm_start import unet_from_onnx
+
+    config = SegmentationTrainingConfig(channels=(4, 8), strides=(2,), patch_zyx=(8, 16, 16))
+    torch.manual_seed(1)
+    model = build_network(2, config)
+    path = Path(__file__).parent / "_warm2.onnx"
+    try:
+        export_to_onnx(model, 2, config.patch_zyx, path)
+        single = unet_from_onnx(path, config, in_channels=1)  # checks parity itself
+    finally:
+        path.unlink(missing_ok=True)
+    x = torch.rand(1, 1, *config.patch_zyx)
+    model.eval()
+    single.eval()
+    with torch.no_grad():
+        assert torch.allclose(single(x), model(x.repeat(1, 2, 1, 1, 1)), atol=1e-4)
