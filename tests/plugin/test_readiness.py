@@ -68,12 +68,16 @@ def _arrive(spool: Spool, queue: JobQueue, phantom: Path, *series: str) -> str:
 
 
 def test_needs_met_by_phases(phantom: Path) -> None:
-    bundles = segmentation_bundles()
+    everything = segmentation_bundles()
+    bundles = [b for b in everything if set(b.inputs.phases) == {"AP", "PVP"}]
     labelled = label_all(image_series(load_study(phantom)))
     chosen = needs_met(labelled, bundles)
     assert chosen is not None and set(chosen.inputs.phases) == {"AP", "PVP"}
     without_pvp = [item for item in labelled if item.label.label != "PVP"]
     assert needs_met(without_pvp, bundles) is None
+    # the shipped single-series bundle is content with what is left
+    single = needs_met(without_pvp, everything)
+    assert single is not None and len(single.inputs.phases) == 1
 
 
 def test_study_with_its_series_starts_after_ready_seconds(
@@ -92,6 +96,10 @@ def test_study_with_its_series_starts_after_ready_seconds(
 def test_study_missing_a_phase_waits_the_quiet_period(
         tmp_path: Path, queue: JobQueue, clock: Clock, phantom: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
+    import plugin.node.readiness as readiness
+
+    two_phase = [b for b in segmentation_bundles() if set(b.inputs.phases) == {"AP", "PVP"}]
+    monkeypatch.setattr(readiness, "segmentation_bundles", lambda dirs=(): two_phase)
     spool = Spool(tmp_path / "spool")
     inbox = ReadyInbox(spool, stable_seconds=30.0, ready_seconds=3.0)
     uid = _arrive(spool, queue, phantom, "PRE", "AP")
