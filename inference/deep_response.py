@@ -93,6 +93,9 @@ class ImageSpec:
     """``grad-cam``: the crop slice each instance is centred on."""
     risk_output: bool = False
     top_instances: int = 3
+    min_share: float = 0.2
+    """``cam``: a channel gets an explanation image when it carries at least this share of
+    the map's positive mass (the evidence for the predicted class); the largest always does."""
     zoom: Zoom | None = None
     """Second stage: the context crop resampled so the lesion spans ``1 / scale`` of the
     model's field of view (``[image] zoom_*``); None: the context crop is the input."""
@@ -164,7 +167,8 @@ def image_spec(bundle: Bundle) -> ImageSpec:
         head_file=head_file, instances=tuple(image.get("instances", ())),
         instance_slices=tuple(int(v) for v in image.get("instance_slices", ())),
         risk_output=bool(image.get("risk_output", False)),
-        top_instances=int(image.get("top_instances", 3)), zoom=zoom)
+        top_instances=int(image.get("top_instances", 3)),
+        min_share=float(data.get("explain", {}).get("min_share", 0.2)), zoom=zoom)
 
 
 # ------------------------------------------------------------------ crops
@@ -427,14 +431,20 @@ def predict_image(spec: ImageSpec, labels: Sequence[str], session: GraphSession,
 
 
 def _in_graph(spec: ImageSpec, maps: FloatArray) -> tuple[ExplanationSlice, ...]:
-    """Per channel, the crop slice holding most positive mass of the graph's map."""
+    """The channels that carry at least ``spec.min_share`` of the positive mass (the
+    evidence for the explained class), largest first, each at its crop slice of most mass.
+    A channel whose map holds (almost) no evidence for the class is not drawn: its
+    "explanation" would be noise."""
     positive = np.maximum(maps, 0.0)
-    total = float(positive.sum()) or 1.0
+    mass = positive.reshape(positive.shape[0], -1).sum(axis=1)
+    total = float(mass.sum()) or 1.0
+    order = [int(c) for c in np.argsort(-mass)]
+    keep = [c for c in order if mass[c] > 0 and mass[c] / total >= spec.min_share]
     slices = []
-    for c, name in enumerate(spec.channels[: maps.shape[0]]):
+    for c in keep or order[:1]:
         z = int(np.argmax(positive[c].sum(axis=(1, 2))))
-        slices.append(ExplanationSlice(name, z, positive[c, z],
-                                       float(positive[c].sum()) / total))
+        slices.append(ExplanationSlice(spec.channels[c], z, positive[c, z],
+                                       float(mass[c]) / total))
     return tuple(slices)
 
 

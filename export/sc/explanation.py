@@ -37,7 +37,7 @@ __all__ = ["EXPLANATION_COLORMAP", "build_explanation_image", "render_explanatio
 EXPLANATION_COLORMAP = "jet"
 _FIGSIZE_IN = (6.4, 6.0)
 _DPI = 100
-_ALPHA_START, _ALPHA_MAX = 0.15, 0.6
+_ALPHA_START, _ALPHA_MAX = 0.15, 0.6  # below 15 % of the maximum: transparent
 
 
 def series_description(model_name: str) -> str:

@@ -51,6 +51,7 @@ class DeepScores:
     predictions: dict[str, ImagePrediction] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     localisation: dict[str, list[float]] = field(default_factory=dict)
+    displayed: dict[str, list[float]] = field(default_factory=dict)
     dropped: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -86,12 +87,20 @@ def served_prediction(bundle: Bundle, image: npt.NDArray[np.float32],
                          head, threshold=bundle.threshold("probability", 0.5))
 
 
+DISPLAYED = 0.15
+"""Overlay values below this fraction of the image's maximum are drawn transparent
+(``export.sc.explanation``): the "displayed" localisation counts only what is drawn."""
+
+
 def localisation(prediction: ImagePrediction, distance_mm: npt.NDArray[np.floating],
-                 radius_mm: float = 10.0) -> list[float]:
-    """Per explanation image: positive mass within ``radius_mm`` of the lesion / all of it."""
+                 radius_mm: float = 10.0, displayed: bool = False) -> list[float]:
+    """Per explanation image: positive mass within ``radius_mm`` of the lesion / all of it
+    (``displayed``: only the values the secondary capture draws)."""
     shares = []
     for item in prediction.explanations:
         mass = np.maximum(item.values, 0.0)
+        if displayed and mass.size:
+            mass = np.where(mass >= DISPLAYED * float(mass.max()), mass, 0.0)
         total = float(mass.sum())
         if total <= 0:
             continue
@@ -123,6 +132,7 @@ def score_cohort(bundle: Bundle, cohort_dir: Path, patients: Sequence[str],
         prediction = served_prediction(bundle, image, clinical)
         out.predictions[pid] = prediction
         out.localisation[pid] = localisation(prediction, distance)
+        out.displayed[pid] = localisation(prediction, distance, displayed=True)
         out.dropped[pid] = _dropped(bundle, spec, image, clinical, prediction)
     return out
 
@@ -202,6 +212,11 @@ def summary(scores: DeepScores, labels: Mapping[str, int], radius_mm: float = 10
                 f"heatmap_mass_within_{radius_mm:g}mm_median": round(float(np.median(shares)), 4),
                 f"heatmap_mass_within_{radius_mm:g}mm_mean": round(float(np.mean(shares)), 4),
                 "heatmaps_at_least_70pct": round(float(np.mean(np.array(shares) >= 0.7)), 4)}
+    drawn = [v for values in scores.displayed.values() for v in values]
+    if drawn:
+        out |= {f"displayed_mass_within_{radius_mm:g}mm_mean": round(float(np.mean(drawn)), 4),
+                "displayed_heatmaps_at_least_70pct": round(
+                    float(np.mean(np.array(drawn) >= 0.7)), 4)}
     return out
 
 
