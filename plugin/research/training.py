@@ -203,7 +203,7 @@ def _write_bundle_toml(out_dir: Path, record: dict[str, Any], metrics: dict[str,
 # ------------------------------------------------------------------ any-phase bundle
 
 ANY_BUNDLE_NAME = "liver-tumour-seg-any"
-ANY_BUNDLE_VERSION = "0.1.0"
+ANY_BUNDLE_VERSION = "0.2.0"
 ANY_CHANNEL = "ANY"
 ANY_ALTERNATIVES = ("PVP", "CT_PVP", "AP", "CT_AP", "DP", "CT_DP", "HBP", "PRE", "CT_NC")
 """What may fill the single channel, preferred first: portal venous (the liver enhances most
@@ -380,7 +380,8 @@ def write_any_bundle_toml(out_dir: Path, record: dict[str, Any],
         "data": f"{record['cases']} synthetic phantom studies as tissue maps (hepatica phantom "
                 f"seeds {record['seed_base']}–{record['seed_base'] + record['cases'] - 1}, "
                 f"MR and CT alternating, necrosis probability {record['necrosis_probability']}"
-                "), subcutaneous fat, ribs, bowel and stomach added; every patch re-drawn "
+                "), subcutaneous fat, ribs, bowel, stomach and lung bases added; every patch "
+                "re-drawn "
                 "with one random phase's intensities or random ones (SynthSeg-style domain "
                 "randomisation); NO patient data — measure on site data (hepatica evaluate "
                 "segmentation) before any research use",
