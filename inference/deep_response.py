@@ -93,6 +93,9 @@ class ImageSpec:
     """``grad-cam``: the crop slice each instance is centred on."""
     risk_output: bool = False
     top_instances: int = 3
+    target: str = "predicted"
+    """``explain.target``: the class the map explains, ``predicted`` (at the threshold) or
+    ``positive`` (always the class whose probability is reported: "evidence for response")."""
     min_share: float = 0.2
     """``cam``: a channel gets an explanation image when it carries at least this share of
     the map's positive mass (the evidence for the predicted class); the largest always does."""
@@ -168,7 +171,16 @@ def image_spec(bundle: Bundle) -> ImageSpec:
         instance_slices=tuple(int(v) for v in image.get("instance_slices", ())),
         risk_output=bool(image.get("risk_output", False)),
         top_instances=int(image.get("top_instances", 3)),
-        min_share=float(data.get("explain", {}).get("min_share", 0.2)), zoom=zoom)
+        min_share=float(data.get("explain", {}).get("min_share", 0.2)), zoom=zoom,
+        target=_target(data, where))
+
+
+def _target(data: Mapping[str, Any], where: str) -> str:
+    target = str(data.get("explain", {}).get("target", "predicted"))
+    if target not in ("predicted", "positive"):
+        raise ValueError(f"{where}: explain.target must be 'predicted' or 'positive', "
+                         f"got {target!r}")
+    return target
 
 
 # ------------------------------------------------------------------ crops
@@ -365,6 +377,8 @@ class ImagePrediction:
     """Per channel: log-odds minus log-odds with the channel occluded."""
     method: str
     risk: float | None = None
+    explained: str = ""
+    """The class label the maps give evidence for."""
 
     @property
     def positive_probability(self) -> float:
@@ -408,8 +422,9 @@ def predict_image(spec: ImageSpec, labels: Sequence[str], session: GraphSession,
                   threshold: float = 0.5) -> ImagePrediction:
     """Run the graph on one prepared study (``[C, Z, Y, X]``) and explain it.
 
-    A binary model's map explains the class predicted at ``threshold``: evidence for the
-    positive class when it is predicted, against it (the map negated) when it is not.
+    A binary model's map explains the class predicted at ``threshold`` (evidence for the
+    positive class when it is predicted, against it - the map negated - when it is not), or
+    with ``explain.target = "positive"`` always the positive class.
     """
     out = session.run(_batch(image, clinical, occlude))
     probability = out["probability"]
@@ -417,8 +432,11 @@ def predict_image(spec: ImageSpec, labels: Sequence[str], session: GraphSession,
     channel_log_odds = tuple((name, full - _score(probability[c + 1]))
                              for c, name in enumerate(spec.channels)) if occlude else ()
     sign = 1.0
-    if probability.shape[-1] == 2 and float(probability[0, -1]) < threshold:
+    binary = probability.shape[-1] == 2
+    if binary and spec.target == "predicted" and float(probability[0, -1]) < threshold:
         sign = -1.0
+    explained = (labels[-1] if sign > 0 else labels[0]) if binary else labels[
+        int(np.argmax(probability[0]))]
     if spec.method == "grad-cam":
         if head is None:
             raise ValueError("grad-cam needs the bundle's head graph")
@@ -427,7 +445,7 @@ def predict_image(spec: ImageSpec, labels: Sequence[str], session: GraphSession,
         explanations = _in_graph(spec, sign * out["explanation"][0])
     risk = float(out["risk"][0].ravel()[0]) if "risk" in out else None
     return ImagePrediction(tuple(float(p) for p in probability[0]), tuple(labels),
-                           explanations, channel_log_odds, spec.method, risk)
+                           explanations, channel_log_odds, spec.method, risk, explained)
 
 
 def _in_graph(spec: ImageSpec, maps: FloatArray) -> tuple[ExplanationSlice, ...]:

@@ -42,6 +42,8 @@ def _common(p: argparse.ArgumentParser, label: str) -> None:
                    help="the model's field of view = this x the lesion diameter ...")
     p.add_argument("--zoom-min-mm", type=float, default=48.0, help="... at least this ...")
     p.add_argument("--zoom-max-mm", type=float, default=150.0, help="... at most this")
+    p.add_argument("--explain-target", choices=("predicted", "positive"), default="predicted",
+                   help="the class the heatmaps give evidence for")
 
 
 def add_parsers(families: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -170,8 +170,9 @@ def _explanation_caption(outcome: ResponseOutcome, item: ExplanationImage) -> li
     weight = "attention" if outcome.explanation.method == "grad-cam" else "share of map"
     return [f"P({p.label}) = {p.probability:.2f}; predicted: {verdict} "
             f"(threshold {p.threshold:.2f})",
-            f"Map explains the predicted class; {item.channel} on reference slice "
-            f"{item.reference_z + 1}; {weight} {item.weight:.2f}",
+            f"Map: evidence for {outcome.explanation.prediction.explained}; "
+            f"{item.channel} on reference slice {item.reference_z + 1}; {weight} "
+            f"{item.weight:.2f}",
             "Colour: relative contribution (the map's maximum = 1)"]
 
 

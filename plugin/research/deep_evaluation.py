@@ -267,3 +267,38 @@ def run_image_bundles(bundles: Sequence[Bundle], cohort_dir: Path, out_dir: Path
                      labels.pop() if len(labels) == 1 else None,
                      {b.name: b.threshold("probability", 0.5) for b in bundles}, notes,
                      {b.name: len(all_scores[b.name].predictions) for b in bundles})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m plugin.research.deep_evaluation BUNDLE COHORT --rows 180:240 --out DIR``:
+    served scores of a slice of a phantom cohort, AUC with DeLong CI and localisation."""
+    import argparse
+    import json
+
+    from inference.bundle import load_bundle
+    from plugin.research.deep_training import DEFAULT_SEGMENTATION
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("cohort", type=Path)
+    parser.add_argument("--rows", default=":", help="python slice of the cohort rows, e.g. -60:")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--out", type=Path, default=None, help="write the evaluate CSVs here")
+    parser.add_argument("--segmentation", type=Path, default=DEFAULT_SEGMENTATION)
+    parser.add_argument("--phantom-seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    bundle = load_bundle(args.bundle)
+    start, _, stop = args.rows.partition(":")
+    rows = read_rows(args.cohort)[int(start) if start else None:int(stop) if stop else None]
+    label = args.label or str(bundle.training.get("label", ""))
+    scores = score_cohort(bundle, args.cohort, [r["patient_id"] for r in rows],
+                          args.segmentation, args.phantom_seed)
+    if args.out is not None:
+        write_csvs(bundle, scores, args.out)
+    print(json.dumps(summary(scores, {r["patient_id"]: int(r[label]) for r in rows}),
+                     sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

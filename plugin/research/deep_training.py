@@ -154,8 +154,8 @@ def _dcr_document(args: argparse.Namespace, channels: Sequence[str], crop: Seque
                         "multi-sequence liver MRI and clinical variables (seed 004).",
         "description": args.description or (
             f"Inception-style CNN per sequence ({', '.join(channels)}; width {args.width}, "
-            f"{args.features} features, {crop[1]}x{crop[2]} crop at {spacing[0]:g} mm on the "
-            "largest lesion's largest cross-section) -> one deep score per sequence, "
+            f"{args.features} features, {crop[1]}x{crop[2]} crop zoomed to {args.zoom_scale:g}x "
+            "the largest lesion on its largest cross-section) -> one deep score per sequence, "
             f"cross-fitted over {args.folds} folds; SVM ({model.metrics['svm_kernel']} kernel) "
             f"over the scores and {len(variables)} clinical variables; CAM per sequence."),
         "model_file": "model.onnx", "extra_files": ["MODEL_CARD.md"],
@@ -165,7 +165,7 @@ def _dcr_document(args: argparse.Namespace, channels: Sequence[str], crop: Seque
                           "patch_size": _context(crop, args.margin)},
         "outputs": {"labels": list(LABEL_NAMES[args.label])},
         "thresholds": {"probability": model.metrics["threshold_youden_cv"]},
-        "explain": {"method": "cam"},
+        "explain": {"method": "cam", "target": args.explain_target},
         "image": {"crop": "largest lesion, its largest axial cross-section",
                   **_zoom_keys(args), "graph_inputs": ["image", "clinical"],
                   "graph_outputs": ["probability", "explanation"]},
@@ -235,7 +235,7 @@ def train_resnet_mil(args: argparse.Namespace, progress: Progress) -> dict[str, 
         "description": args.description or (
             f"2.5-D ResNet-family encoder (BasicBlocks, width {args.width}, {args.features} "
             f"features) over {args.slices} slices x {len(phases)} phases ({', '.join(phases)}), "
-            f"{args.crop}x{args.crop} crops at {args.spacing:g} mm on the largest lesion; "
+            f"{args.crop}x{args.crop} crops zoomed to {args.zoom_scale:g}x the largest lesion; "
             f"2-layer, {config.heads}-head Transformer MIL with attention pooling -> P(ORR); "
             "Grad-CAM on the last convolution of the top-attended slices."),
         "model_file": "model.onnx", "extra_files": ["head.onnx", "MODEL_CARD.md"],
@@ -244,7 +244,7 @@ def train_resnet_mil(args: argparse.Namespace, progress: Progress) -> dict[str, 
                           "patch_size": _context(crop, args.margin)},
         "outputs": {"labels": list(LABEL_NAMES[args.label])},
         "thresholds": {"probability": model.metrics["threshold_youden_validation"]},
-        "explain": {"method": "grad-cam"},
+        "explain": {"method": "grad-cam", "target": args.explain_target},
         "image": {"crop": "largest lesion, its largest axial cross-section +- "
                           f"{args.slices // 2} slices", **_zoom_keys(args),
                   "head_file": "head.onnx", "instances": names, "instance_slices": zs,
@@ -262,7 +262,8 @@ def train_resnet_mil(args: argparse.Namespace, progress: Progress) -> dict[str, 
             **model.metrics,
             "scale_down": "study: ResNet50 (1024-d layer3 features) on 1 mm grids, +-4 slices, "
                           "one instance per phase, AdamW 1e-5; here: 3 BasicBlocks, width "
-                          f"{args.width}, {args.crop}x{args.crop} crops at {args.spacing:g} mm, "
+                          f"{args.width}, {args.crop}x{args.crop} crops zoomed to "
+                          f"{args.zoom_scale:g}x the lesion diameter, "
                           f"{args.slices} slices per phase each an instance, AdamW {args.lr:g}",
         },
     }
